@@ -1,0 +1,135 @@
+"""Typed configuration: the schema behind conf/*.yaml and the checks run before any compilation.
+
+Static fields (sizes, widths, activation, epochs, batch size) change the compiled program;
+traced fields (noise levels, learning rate) are array leaves of `HParams` and can be vmapped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prtm_jax.mlp import ACTIVATIONS, INITS
+
+OPTIMIZERS = ("sgd", "adam")
+LOSS_REDUCTIONS = ("sum", "mean")
+DATA_SOURCES = ("blobs",)
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message is one line naming the field."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "blobs"
+    n_train: int = 2000
+    n_test: int = 500
+    n_classes: int = 10
+    n_features: int = 10
+    view1_std: float = 4.5
+    view2_mean: float = 0.5
+    view2_std: float = 0.25
+    view2_offset: float = 0.55
+    clip_floor: float = 0.001
+    center_box: float = 10.0
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [64, 32])
+    activation: str = "relu"
+    init: str = "seed"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.005
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 32
+    shuffle: bool = False
+    loss: str = "sum"
+
+
+@dataclass
+class Config:
+    task: str = "prtm2"
+    seeds: int = 64
+    root_seed: int = 0
+    seed_chunk: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
+    _require(value in allowed, f"{name}={value!r} is not one of: {', '.join(allowed)}")
+
+
+def _positive(name: str, value: float, *, integer: bool = False) -> None:
+    kind = "a positive integer" if integer else "a positive number"
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, int) or not integer) and value > 0
+    _require(ok, f"{name} must be {kind}, got {value!r}")
+
+
+def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
+    """Check every user-settable value; raise ConfigError with a one-line message."""
+    _choice("task", cfg.task, tasks)
+    _positive("seeds", cfg.seeds, integer=True)
+    _require(cfg.seed_chunk >= 0, f"seed_chunk must be >= 0 (0 = all seeds), got {cfg.seed_chunk}")
+    d = cfg.data
+    _choice("data.source", d.source, DATA_SOURCES)
+    for name in ("n_train", "n_test", "n_features"):
+        _positive(f"data.{name}", getattr(d, name), integer=True)
+    _require(d.n_classes >= 2, f"data.n_classes must be an integer >= 2, got {d.n_classes}")
+    for name in ("view1_std", "view2_std", "center_box", "clip_floor"):
+        _positive(f"data.{name}", getattr(d, name))
+    m = cfg.model
+    _require(
+        len(m.hidden) > 0 and all(isinstance(h, int) and h > 0 for h in m.hidden),
+        f"model.hidden must be a non-empty list of positive integers, got {list(m.hidden)}",
+    )
+    _choice("model.activation", m.activation, sorted(ACTIVATIONS))
+    _choice("model.init", m.init, sorted(INITS))
+    _choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    _positive("optim.lr", cfg.optim.lr)
+    t = cfg.train
+    _positive("train.epochs", t.epochs, integer=True)
+    _positive("train.batch_size", t.batch_size, integer=True)
+    _require(
+        t.batch_size <= d.n_train,
+        f"train.batch_size must be <= data.n_train ({d.n_train}), got {t.batch_size}",
+    )
+    _choice("train.loss", t.loss, LOSS_REDUCTIONS)
+    return cfg
+
+
+def to_config(raw: Any) -> Config:
+    """Build a typed Config from a (Hydra) mapping; unknown keys were already refused by Hydra."""
+    from omegaconf import OmegaConf
+
+    obj = OmegaConf.to_object(raw) if not isinstance(raw, dict) else raw
+    if isinstance(obj, Config):
+        return obj
+    return Config(
+        task=obj["task"],
+        seeds=obj["seeds"],
+        root_seed=obj["root_seed"],
+        seed_chunk=obj["seed_chunk"],
+        data=DataConfig(**obj["data"]),
+        model=ModelConfig(**obj["model"]),
+        optim=OptimConfig(**obj["optim"]),
+        train=TrainConfig(**obj["train"]),
+    )
