@@ -65,7 +65,7 @@ def make_train(
         total = ce_B.sum()
         # "sum" is the seed's gradient (summed over the batch); "mean" divides by real rows.
         loss = total if spec.loss == "sum" else total / m_B.sum()
-        return loss, ce_B
+        return loss, total
 
     grad_fn = jax.grad(batch_loss, has_aux=True)
 
@@ -83,7 +83,7 @@ def make_train(
             order_N = jax.random.permutation(k_epoch, n) if spec.shuffle else None
 
             def step(carry, i):
-                params, opt_state, ce_B = carry
+                params, opt_state = carry
                 # Batch i is rows [i*batch, (i+1)*batch) of this epoch's order; the slice starts
                 # early enough to stay in bounds, and rows before i*batch are masked out.
                 start = jnp.minimum(i * batch, n - batch)
@@ -94,15 +94,14 @@ def make_train(
                 else:
                     x_BD = jax.lax.dynamic_slice_in_dim(x_ND, start, batch)
                     y_B = jax.lax.dynamic_slice_in_dim(y_N, start, batch)
-                grads, ce_step_B = grad_fn(params, x_BD, y_B, m_B)
+                grads, total = grad_fn(params, x_BD, y_B, m_B)
                 updates, opt_state = opt.update(grads, opt_state, params)
-                return (optax.apply_updates(params, updates), opt_state, ce_B + ce_step_B), None
+                return (optax.apply_updates(params, updates), opt_state), total
 
-            ce0_B = jnp.zeros((batch,), x_ND.dtype)
-            (params, opt_state, ce_B), _ = jax.lax.scan(
-                step, (params, opt_state, ce0_B), jnp.arange(n_batches)
+            (params, opt_state), totals = jax.lax.scan(
+                step, (params, opt_state), jnp.arange(n_batches)
             )
-            return (params, opt_state), ce_B.sum() / n
+            return (params, opt_state), totals.sum() / n
 
         keys = jax.random.split(k_order, spec.epochs)
         (params, _), loss_E = jax.lax.scan(epoch, (params, opt.init(params)), keys)

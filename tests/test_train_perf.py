@@ -75,3 +75,25 @@ def test_epoch_loss_is_the_mean_cross_entropy_of_the_rows_seen():
     loss_E = make_train(spec)(key, x, y, 0.0).loss_E
     logits = np.asarray(jax.nn.log_softmax(mlp.apply(init, x)))
     np.testing.assert_allclose(loss_E[0], -logits[np.arange(len(y)), y].mean(), rtol=1e-5)
+
+
+def test_runs_under_shard_map_over_seeds():
+    # The multi-device path (seeds sharded over devices): every carry must vary with the seed.
+    from jax.sharding import Mesh, PartitionSpec
+
+    spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=2, batch_size=32)
+    data = [_problem(s) for s in range(2)]
+    x_SND, y_SN = jnp.stack([x for x, _ in data]), jnp.stack([y for _, y in data])
+    keys = jax.random.split(jax.random.key(4), 2)
+    vtrain = jax.vmap(make_train(spec), in_axes=(0, 0, 0, None))
+    seed = PartitionSpec("seed")
+    sharded = jax.shard_map(
+        vtrain,
+        mesh=Mesh(np.array(jax.devices()[:1]), ("seed",)),
+        in_specs=(seed, seed, seed, PartitionSpec()),
+        out_specs=seed,
+    )
+    got = jax.jit(sharded)(keys, x_SND, y_SN, 0.02)
+    want = jax.jit(vtrain)(keys, x_SND, y_SN, 0.02)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
