@@ -387,6 +387,7 @@ def run_all(args: argparse.Namespace) -> dict:
             "gflop_per_model": flop / 1e9,
         },
         "args": {k: v for k, v in vars(args).items() if k != "worker"},
+        "xla_flags": env.get("XLA_FLAGS", os.environ.get("XLA_FLAGS", "")),
         "rows": rows,
     }
 
@@ -411,6 +412,7 @@ def print_table(result: dict) -> None:
         f"{'method':<40}{'ms/model':>10}{'models/s':>10}{'GFLOP/s':>9}{'x NumPy':>9}"
         f"{'compile s':>10}{'run s':>9}{'peak MiB':>10}"
     )
+    print(f"prtm_jax rows: {result['args']['device']}, XLA_FLAGS={result['xla_flags']!r}")
     print(head + "\n" + "-" * len(head))
     for r in result["rows"]:
         comp = f"{r['compile_s']:.2f}" if r["compile_s"] is not None else "-"
