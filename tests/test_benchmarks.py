@@ -20,8 +20,14 @@ def test_quick_benchmark_writes_table_json_and_plot(tmp_path):
     names = [r["name"] for r in result["rows"]]
     assert names[0].startswith("numpy loop")
     assert any(n.startswith("scikit-learn") for n in names)
-    jax_rows = [r for r in result["rows"] if r["name"].startswith("prtm_jax trainer")]
-    assert [r["seeds"] for r in jax_rows] == [1, 4]
+    jax_rows = [r for r in result["rows"] if r["name"].startswith("prtm_jax")]
+    assert [(r["variant"], r["seeds"]) for r in jax_rows] == [
+        ("plain", 1),
+        ("plain", 4),
+        ("tuned", 1),
+        ("tuned", 4),
+    ]
+    assert sum(n.startswith("prtm2 end to end") for n in names) == 2
     for r in result["rows"]:
         assert r["ms_per_model"] > 0 and r["x_numpy"] > 0 and r["peak_rss_mib"] > 0
     assert all(r["compile_s"] > 0 for r in jax_rows)
