@@ -325,7 +325,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--torch-threads",
         type=int,
         default=1,
-        help="torch intra-op threads (1: on a busy 2-core machine 2 threads ran 50x slower)",
+        help="torch intra-op threads (1: on a busy 2-core machine 2 threads ran ~80x slower)",
     )
     p.add_argument("--e2e-seeds", type=int, default=256, help="prtm2 end to end (0: skip)")
     p.add_argument("--memory-seeds", type=int, default=4096, help="prtm2 peak memory (0: skip)")
