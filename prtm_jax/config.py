@@ -7,7 +7,6 @@ traced fields (noise levels, learning rate) are array leaves of `HParams` and ca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from prtm_jax.mlp import ACTIVATIONS, INITS
 
@@ -114,22 +113,3 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
     )
     _choice("train.loss", t.loss, LOSS_REDUCTIONS)
     return cfg
-
-
-def to_config(raw: Any) -> Config:
-    """Build a typed Config from a (Hydra) mapping; unknown keys were already refused by Hydra."""
-    from omegaconf import OmegaConf
-
-    obj = OmegaConf.to_object(raw) if not isinstance(raw, dict) else raw
-    if isinstance(obj, Config):
-        return obj
-    return Config(
-        task=obj["task"],
-        seeds=obj["seeds"],
-        root_seed=obj["root_seed"],
-        seed_chunk=obj["seed_chunk"],
-        data=DataConfig(**obj["data"]),
-        model=ModelConfig(**obj["model"]),
-        optim=OptimConfig(**obj["optim"]),
-        train=TrainConfig(**obj["train"]),
-    )
