@@ -7,8 +7,8 @@ composed and validated first; a bad one stops the command with one line on stder
 
 from __future__ import annotations
 
-import itertools
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prtm_jax.config import Config, ConfigError, validate
 
+ERROR_FILE = "error.txt"
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 ConfigStore.instance().store(name="base_config", node=Config)
@@ -52,20 +53,27 @@ def _one_line(exc: BaseException) -> str:
     return ": ".join(parts)
 
 
-def _expand(overrides: list[str]) -> list[list[str]]:
-    """Every combination of a (multirun) override list, as Hydra's basic sweeper forms them."""
+def expand_jobs(
+    overrides: list[str], sweep_params: dict[str, Any] | None = None
+) -> list[list[str]]:
+    """Every job of a (multirun) override list, in the order Hydra's basic sweeper runs them:
+    the config's `hydra.sweeper.params` first, command-line overrides after (and winning)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{k}={v}" for k, v in (sweep_params or {}).items()]
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(params + overrides)
+        return BasicSweeper.split_arguments(parsed, None)[0]
     except Exception as exc:
         raise ConfigError(_one_line(exc)) from None
-    choices = []
-    for o in parsed:
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
-        else:
-            choices.append([o.input_line])
-    return [list(c) for c in itertools.product(*choices)]
+
+
+def _user_overrides(args: list[str]) -> list[str]:
+    return [
+        a
+        for a in args
+        if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")
+    ]
 
 
 def check_overrides(args: list[str]) -> int:
@@ -74,17 +82,23 @@ def check_overrides(args: list[str]) -> int:
 
     from prtm_jax.experiment import TASKS
 
-    overrides = [
-        a
-        for a in args
-        if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")
-    ]
-    jobs = _expand(overrides)
+    overrides = _user_overrides(args)
+    multirun = bool({"-m", "--multirun"} & set(args))
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        sweep_params = None
+        if multirun:
+            try:
+                parsed = OverridesParser.create().parse_overrides(overrides)
+                fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+                base = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+            except Exception as exc:
+                raise ConfigError(_one_line(exc)) from None
+            params = base.hydra.sweeper.params
+            sweep_params = OmegaConf.to_container(params) if params is not None else None
+        jobs = expand_jobs(overrides, sweep_params)
         for job in jobs:
             try:
-                raw = compose(config_name="config", overrides=job)
-                cfg = to_config(raw)
+                cfg = to_config(compose(config_name="config", overrides=job))
             except Exception as exc:
                 raise ConfigError(_one_line(exc)) from None
             validate(cfg, tuple(TASKS))
@@ -92,6 +106,12 @@ def check_overrides(args: list[str]) -> int:
 
 
 def format_table(summary: dict[str, Any]) -> str:
+    """A short text table of one summary (per grid point if the run had a grid)."""
+    if "points" in summary:
+        return "\n".join(
+            f"-- {', '.join(f'{k}={v}' for k, v in p['grid'].items())}\n{format_table(p)}"
+            for p in summary["points"]
+        )
     lines = [f"{'model':<12} {'n':>5} {'accuracy':>9}  {'95% CI':<17} {'diverged':>8}"]
     for model, s in summary["models"].items():
         ci = f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
@@ -105,40 +125,89 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train every seed of `cfg`, write seeds.csv and summary.json into out_dir."""
+    """Train every seed (at every grid point) of `cfg`; write seeds.csv and summary.json."""
     import numpy as np
+    import pandas as pd
 
     from prtm_jax import experiment, results
 
     task = experiment.TASKS[cfg.task]
+    singles, fused = [m.name for m in task.models], [f.name for f in task.fusions]
     t0 = time.perf_counter()
     metrics = experiment.run_seeds(cfg)
     seconds = time.perf_counter() - t0
-    df = results.seeds_table(metrics, np.arange(cfg.seeds))
-    summary = results.summarize(df, [m.name for m in task.models], [f.name for f in task.fusions])
+    points = experiment.grid_points(cfg)
+    tables = [
+        results.seeds_table(
+            {m: {k: v[g] for k, v in d.items()} for m, d in metrics.items()},
+            np.arange(cfg.seeds),
+            extra=point,
+        )
+        for g, point in enumerate(points)
+    ]
+    df = pd.concat(tables, ignore_index=True)
+    if len(points) == 1 and not points[0]:
+        summary = results.summarize(df, singles, fused)
+    else:
+        summary = {
+            "points": [
+                {"grid": point, **results.summarize(t, singles, fused)}
+                for point, t in zip(points, tables, strict=True)
+            ]
+        }
     summary.update(task=cfg.task, seeds=cfg.seeds, seconds=round(seconds, 2), config=resolved)
     results.write_run(out_dir, df, summary)
     return summary
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def _app(raw: DictConfig) -> None:
-    from prtm_jax.experiment import TASKS
+_JOBS: dict[str, Any] = {}
+
+
+def _configure_jax(cfg: Config) -> None:
+    import jax
 
     # Hydra's job logging is at INFO; JAX's backend probing there is noise.
     logging.getLogger("jax").setLevel(logging.WARNING)
+    jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        cache = os.environ.get("PRTM_CACHE_DIR", str(Path(CONF_DIR).parent / ".cache" / "jax"))
+        jax.config.update("jax_compilation_cache_dir", cache)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _app(raw: DictConfig) -> None:
+    from prtm_jax import results
+    from prtm_jax.experiment import TASKS
 
     cfg = validate(to_config(raw), tuple(TASKS))
+    _configure_jax(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run_job(cfg, out_dir, OmegaConf.to_container(raw, resolve=True))
-    print(f"{cfg.task}: {cfg.seeds} seeds in {summary['seconds']:.1f} s -> {out_dir}")
-    print(format_table(summary))
+    resolved = OmegaConf.to_container(raw, resolve=True)
+    if results.is_complete(out_dir) and results.read_summary(out_dir).get("config") == resolved:
+        print(f"{cfg.task}: complete results in {out_dir}, skipped")
+    else:
+        try:
+            summary = run_job(cfg, out_dir, resolved)
+        except Exception as exc:
+            # Leave the reason beside the job for prtm-aggregate; Hydra reports it too.
+            (out_dir / ERROR_FILE).write_text(f"{type(exc).__name__}: {exc}\n")
+            raise
+        (out_dir / ERROR_FILE).unlink(missing_ok=True)
+        print(f"{cfg.task}: {cfg.seeds} seeds in {summary['seconds']:.1f} s -> {out_dir}")
+        print(format_table(summary))
+    if "bar" in _JOBS:
+        _JOBS["bar"].update(1)
 
 
 def main() -> None:
+    args = sys.argv[1:]
     try:
-        check_overrides(sys.argv[1:])
+        n_jobs = check_overrides(args)
     except ConfigError as exc:
         print(f"prtm: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if {"-m", "--multirun"} & set(args):
+        from tqdm.auto import tqdm
+
+        _JOBS["bar"] = tqdm(total=n_jobs, desc="jobs", unit="job", position=1)
     _app()

@@ -13,6 +13,8 @@ from prtm_jax.mlp import ACTIVATIONS, INITS
 OPTIMIZERS = ("sgd", "adam")
 LOSS_REDUCTIONS = ("sum", "mean")
 DATA_SOURCES = ("blobs",)
+# "highest" keeps float32 matmuls exact on GPU/TPU (no silent TF32 / bfloat16 passes).
+MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
 class ConfigError(ValueError):
@@ -56,6 +58,20 @@ class TrainConfig:
 
 
 @dataclass
+class GridConfig:
+    """Numeric axes run inside one job as a vmapped axis beside the seeds (None: not gridded).
+
+    The grid is the Cartesian product of the listed axes, in this field order; each point's
+    value replaces the matching scalar (`data.view1_std`, ..., `optim.lr`).
+    """
+
+    view1_std: list[float] | None = None
+    view2_std: list[float] | None = None
+    view2_offset: list[float] | None = None
+    lr: list[float] | None = None
+
+
+@dataclass
 class Config:
     task: str = "prtm2"
     seeds: int = 64
@@ -65,6 +81,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    matmul_precision: str = "highest"
+    progress: bool = True
 
 
 def _require(ok: bool, msg: str) -> None:
@@ -112,4 +131,15 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
         f"train.batch_size must be <= data.n_train ({d.n_train}), got {t.batch_size}",
     )
     _choice("train.loss", t.loss, LOSS_REDUCTIONS)
+    _choice("matmul_precision", cfg.matmul_precision, MATMUL_PRECISIONS)
+    for axis, values in grid_axes(cfg).items():
+        _require(len(values) > 0, f"grid.{axis} must be a non-empty list of numbers, got []")
+        if axis != "view2_offset":
+            for v in values:
+                _positive(f"grid.{axis}", v)
     return cfg
+
+
+def grid_axes(cfg: Config) -> dict[str, list[float]]:
+    """The gridded axes of cfg, in GridConfig field order."""
+    return {k: list(v) for k, v in vars(cfg.grid).items() if v is not None}

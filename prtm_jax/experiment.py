@@ -1,13 +1,16 @@
 """Experiments: which models train on which view, which pairs fuse, over a vector of seeds.
 
-`make_run(cfg)` does the Python-side work once and returns a pure `run(seed_key, hp)` for one
-seed; `run_seeds(cfg)` is `jit(vmap(run))` over the seeds (in chunks of `seed_chunk`).
+`make_run(static_key(cfg))` does the Python-side work once and returns a pure
+`run(seed_key, hp)` for one seed; `run_seeds(cfg)` runs `jit(vmap(vmap(run)))` over grid points
+and seeds (in chunks of `seed_chunk`), compiled once per `StaticKey` in a process.
 Seed i's keys are `fold_in(root, i)`, then `fold_in` by purpose (data, one per model), so a
 seed's result never depends on how many seeds run or in which chunk.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import zlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -15,9 +18,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from prtm_jax import mlp
-from prtm_jax.config import Config
+from prtm_jax.config import Config, grid_axes
 from prtm_jax.data import DataParams, DataShape, TwoView, make_two_view
 from prtm_jax.fusion import fuse
 from prtm_jax.train import TrainSpec, make_train
@@ -87,13 +91,9 @@ def _view(data: TwoView, view: str, split: str) -> jax.Array:
     return {"x1": x1, "x2": x2, "concat": jnp.concatenate([x1, x2], axis=-1)}[view]
 
 
-def make_run(cfg: Config) -> Callable[[jax.Array, HParams], dict[str, dict[str, jax.Array]]]:
-    """Return `run(seed_key, hp) -> {model: {metric: scalar}}` for one seed."""
-    task = TASKS[cfg.task]
-    d = cfg.data
-    shape = DataShape(d.n_train, d.n_test, d.n_classes, d.n_features)
-    spec = TrainSpec(
-        sizes=(0, *cfg.model.hidden, d.n_classes),  # input width comes from the data
+def train_spec(cfg: Config) -> TrainSpec:
+    return TrainSpec(
+        sizes=(0, *cfg.model.hidden, cfg.data.n_classes),  # input width comes from the data
         activation=cfg.model.activation,
         init=cfg.model.init,
         optimizer=cfg.optim.name,
@@ -102,6 +102,13 @@ def make_run(cfg: Config) -> Callable[[jax.Array, HParams], dict[str, dict[str, 
         shuffle=cfg.train.shuffle,
         loss=cfg.train.loss,
     )
+
+
+def make_run(
+    key: StaticKey,
+) -> Callable[[jax.Array, HParams], dict[str, dict[str, jax.Array]]]:
+    """Return `run(seed_key, hp) -> {model: {metric: scalar}}` for one seed."""
+    task, shape, spec = TASKS[key.task], key.shape, key.spec
     train = make_train(spec)
 
     def run(seed_key: jax.Array, hp: HParams) -> dict[str, dict[str, jax.Array]]:
@@ -138,14 +145,78 @@ def seed_keys(root_seed: int, seeds: np.ndarray) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, jnp.asarray(seeds, jnp.uint32))
 
 
+def grid_points(cfg: Config) -> list[dict[str, float]]:
+    """The in-process grid: one dict {axis: value} per point (one empty dict if no grid)."""
+    axes = grid_axes(cfg)
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def grid_hparams(cfg: Config, points: list[dict[str, float]]) -> HParams:
+    """HParams with a leading (points,) axis on every leaf."""
+
+    def at(point: dict[str, float]) -> HParams:
+        hp = hparams(cfg)
+        lr = point.get("lr", hp.lr)
+        data = hp.data._replace(**{k: v for k, v in point.items() if k != "lr"})
+        return HParams(data, lr)
+
+    return jax.tree.map(lambda *v: jnp.asarray(v, jnp.float32), *[at(p) for p in points])
+
+
+class StaticKey(NamedTuple):
+    """Everything that shapes the compiled program; the jitted runner is cached on it."""
+
+    task: str
+    shape: DataShape
+    spec: TrainSpec
+
+
+def static_key(cfg: Config) -> StaticKey:
+    d = cfg.data
+    return StaticKey(
+        cfg.task, DataShape(d.n_train, d.n_test, d.n_classes, d.n_features), train_spec(cfg)
+    )
+
+
+@functools.cache
+def compiled_runner(key: StaticKey) -> Callable[[jax.Array, HParams], dict]:
+    """jit(vmap over grid points (vmap over seeds)), one per StaticKey for the process."""
+    run = make_run(key)
+    return jax.jit(jax.vmap(jax.vmap(run, in_axes=(0, None)), in_axes=(None, 0)))
+
+
+def _seed_sharding(n_devices: int) -> jax.sharding.NamedSharding | None:
+    if n_devices == 1:
+        return None
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("seeds",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+
+
 def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
-    """Run every seed of `cfg`; returns {model: {metric: (seeds,) array}} on the host."""
-    run = jax.jit(jax.vmap(make_run(cfg), in_axes=(0, None)))
-    hp = hparams(cfg)
-    ids = np.arange(cfg.seeds)
-    chunk = cfg.seed_chunk or cfg.seeds
-    parts = [
-        jax.device_get(run(seed_keys(cfg.root_seed, ids[i : i + chunk]), hp))
-        for i in range(0, cfg.seeds, chunk)
-    ]
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    """Run every seed at every grid point; {model: {metric: (points, seeds) array}} on the host.
+
+    Seeds run in chunks of `seed_chunk` (all at once if 0), each chunk padded to the same size
+    so one compiled program serves them all, and split across local devices along the seeds.
+    """
+    points = grid_points(cfg)
+    hp = grid_hparams(cfg, points)
+    run = compiled_runner(static_key(cfg))
+    n_dev = jax.device_count()
+    chunk = min(cfg.seed_chunk or cfg.seeds, cfg.seeds)
+    chunk = -(-chunk // n_dev) * n_dev
+    sharding = _seed_sharding(n_dev)
+    parts = []
+    starts = range(0, cfg.seeds, chunk)
+    bar = tqdm(
+        starts, desc="seed chunks", unit="chunk", disable=not cfg.progress or len(starts) < 2
+    )
+    for start in bar:
+        ids = np.arange(start, start + chunk)
+        keys = seed_keys(cfg.root_seed, ids)
+        if sharding is not None:
+            keys = jax.device_put(keys, sharding)
+        out = jax.device_get(run(keys, hp))
+        n_real = min(chunk, cfg.seeds - start)
+        parts.append(jax.tree.map(lambda a, n=n_real: a[:, :n], out))
+    merged = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
+    return {name: merged[name] for name in model_names(TASKS[cfg.task])}

@@ -97,3 +97,7 @@ def write_run(out_dir: Path, df: pd.DataFrame, summary: dict[str, Any]) -> None:
 def is_complete(out_dir: Path) -> bool:
     out_dir = Path(out_dir)
     return (out_dir / SUMMARY_FILE).is_file() and (out_dir / SEEDS_FILE).is_file()
+
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / SUMMARY_FILE).read_text())

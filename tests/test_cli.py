@@ -37,7 +37,11 @@ def _error(capsys, monkeypatch, *args):
             ["model.hidden=[64,-2]"],
             "model.hidden must be a non-empty list of positive integers, got [64, -2]",
         ),
-        (["experiment=prtm9"], "experiment='prtm9' is not one of: prtm1, prtm2"),
+        (
+            ["experiment=prtm9"],
+            "experiment='prtm9' is not one of: prtm1, prtm2, sweep_activation, sweep_view1_std,"
+            " sweep_view2",
+        ),
         (["optim=rmsprop"], "optim='rmsprop' is not one of: adam, sgd"),
         (["optim.name=rmsprop"], "optim.name='rmsprop' is not one of: sgd, adam"),
         (
