@@ -35,7 +35,9 @@ def _parse(overrides: list[str]) -> dict[str, Any]:
         key, _, value = o.partition("=")
         if key.lstrip("+~").startswith("hydra"):
             continue
-        out[_column(key, set(out))] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        # Lists (e.g. model.hidden=[64,32]) stay as written: one cell, one sweep point.
+        out[_column(key, set(out))] = value if isinstance(parsed, list | dict) else parsed
     return out
 
 
