@@ -26,6 +26,7 @@ class DataConfig:
     source: str = "blobs"
     n_train: int = 2000
     n_test: int = 500
+    n_val: int = 0
     n_classes: int = 10
     n_features: int = 10
     view1_std: float = 4.5
@@ -34,6 +35,7 @@ class DataConfig:
     view2_offset: float = 0.55
     clip_floor: float = 0.001
     center_box: float = 10.0
+    rho: float = 0.0
 
 
 @dataclass
@@ -68,6 +70,7 @@ class GridConfig:
     view1_std: list[float] | None = None
     view2_std: list[float] | None = None
     view2_offset: list[float] | None = None
+    rho: list[float] | None = None
     lr: list[float] | None = None
 
 
@@ -114,6 +117,8 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
     _require(d.n_classes >= 2, f"data.n_classes must be an integer >= 2, got {d.n_classes}")
     for name in ("view1_std", "view2_std", "center_box", "clip_floor"):
         _positive(f"data.{name}", getattr(d, name))
+    _require(d.n_val >= 0, f"data.n_val must be an integer >= 0, got {d.n_val}")
+    _require(0.0 <= d.rho <= 1.0, f"data.rho must be in [0, 1], got {d.rho}")
     m = cfg.model
     _require(
         len(m.hidden) > 0 and all(isinstance(h, int) and h > 0 for h in m.hidden),
@@ -134,8 +139,10 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
     _choice("matmul_precision", cfg.matmul_precision, MATMUL_PRECISIONS)
     for axis, values in grid_axes(cfg).items():
         _require(len(values) > 0, f"grid.{axis} must be a non-empty list of numbers, got []")
-        if axis != "view2_offset":
-            for v in values:
+        for v in values:
+            if axis == "rho":
+                _require(0.0 <= v <= 1.0, f"grid.rho values must be in [0, 1], got {v}")
+            elif axis != "view2_offset":
                 _positive(f"grid.{axis}", v)
     return cfg
 

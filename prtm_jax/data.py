@@ -6,6 +6,14 @@ View 2 (input of the Bias model): per sample, `n_classes` draws of Normal(view2_
 view2_std), `view2_offset` added at the sample's label, every negative entry set to
 `clip_floor`. Train and test rows come from one draw (shared centres, disjoint noise), so no
 test row repeats a training row: the seed's leakage (both splits from `random_state=0`) is gone.
+
+Dependence between the views, given the label, is set by `rho` in [0, 1]. View 2's standard
+noise in class column k is `rho * u_k + sqrt(1 - rho^2) * e_k`, where `e_k` is its own N(0, 1)
+draw and `u_k = z . d_k` is view 1's standard noise `z` projected on the unit direction `d_k`
+from the mean of the centres to centre k, also N(0, 1). So every view-2 entry keeps its
+marginal N(view2_mean, view2_std) law for every rho, while its correlation with "view 1 was
+pushed towards class k" is rho: when view 1 errs towards class k, view 2 leans the same way.
+`rho = 0` is the seed's independent views (and the same draws as without rho).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ class DataParams(NamedTuple):
     view2_offset: jax.Array | float
     clip_floor: jax.Array | float
     center_box: jax.Array | float
+    rho: jax.Array | float = 0.0
 
 
 class TwoView(NamedTuple):
@@ -56,9 +65,15 @@ def make_two_view(key: jax.Array, p: DataParams, shape: DataShape) -> TwoView:
     ) * jnp.asarray(p.center_box, jnp.float32)
     # Balanced labels in random order, as make_blobs does.
     y_N = jax.random.permutation(k_label, jnp.arange(n, dtype=jnp.int32) % shape.n_classes)
-    x1_NF = centres_KF[y_N] + p.view1_std * jax.random.normal(k_v1, (n, shape.n_features))
+    z_NF = jax.random.normal(k_v1, (n, shape.n_features))
+    x1_NF = centres_KF[y_N] + p.view1_std * z_NF
+    dir_KF = centres_KF - centres_KF.mean(0)
+    dir_KF = dir_KF / jnp.linalg.norm(dir_KF, axis=1, keepdims=True)
+    u_NK = z_NF @ dir_KF.T
+    e_NK = jax.random.normal(k_v2, (n, shape.n_classes))
+    noise_NK = p.rho * u_NK + jnp.sqrt(1.0 - jnp.square(p.rho)) * e_NK
     onehot_NK = jax.nn.one_hot(y_N, shape.n_classes, dtype=jnp.float32)
-    x2_NK = p.view2_mean + p.view2_std * jax.random.normal(k_v2, (n, shape.n_classes))
+    x2_NK = p.view2_mean + p.view2_std * noise_NK
     x2_NK = x2_NK + p.view2_offset * onehot_NK
     x2_NK = jnp.where(x2_NK < 0, jnp.asarray(p.clip_floor, jnp.float32), x2_NK)
     s = shape.n_train

@@ -71,6 +71,7 @@ def hparams(cfg: Config) -> HParams:
         view2_offset=d.view2_offset,
         clip_floor=d.clip_floor,
         center_box=d.center_box,
+        rho=d.rho,
     )
     return HParams(
         jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), data), jnp.float32(cfg.optim.lr)

@@ -79,3 +79,27 @@ def test_activation_registry_covers_required_names():
     np.testing.assert_allclose(
         mlp.ACTIVATIONS["sigmoid"](z), 1 / (1 + np.exp(-np.asarray(z))), rtol=1e-6
     )
+
+
+def test_film_layer_matches_its_formula_and_reduces_to_concat_when_g_is_zero():
+    d1, d2 = 4, 3
+    params = mlp.init(jax.random.key(7), (d1 + d2, 6, 5, 2), "lecun", film_split=d1)
+    w, g, a, b = params[0]
+    assert (w.shape, g.shape, a.shape, b.shape) == ((4, 6), (3, 6), (3, 6), (6,))
+    x = np.asarray(jax.random.normal(jax.random.key(8), (9, d1 + d2)), np.float64)
+    x1, x2 = x[:, :d1], x[:, d1:]
+    w, g, a, b = (np.asarray(t, np.float64) for t in params[0])
+    h = np.tanh((x1 @ w) * (1 + x2 @ g) + x2 @ a + b)
+    for wl, bl in params[1:-1]:
+        h = np.tanh(h @ np.asarray(wl, np.float64) + np.asarray(bl, np.float64))
+    ref = h @ np.asarray(params[-1][0], np.float64) + np.asarray(params[-1][1], np.float64)
+    np.testing.assert_allclose(
+        mlp.apply(params, jnp.asarray(x, jnp.float32), "tanh"), ref, rtol=1e-5, atol=1e-5
+    )
+    # With g = 0 the W&B layer is a plain linear layer on the concatenated input.
+    plain = [(jnp.concatenate([params[0][0], params[0][2]]), params[0][3]), *params[1:]]
+    zero_g = [(params[0][0], jnp.zeros_like(params[0][1]), params[0][2], params[0][3]), *params[1:]]
+    xs = jnp.asarray(x, jnp.float32)
+    np.testing.assert_allclose(
+        mlp.apply(zero_g, xs, "relu"), mlp.apply(plain, xs, "relu"), rtol=1e-5, atol=1e-6
+    )
