@@ -103,7 +103,7 @@ def sensitivity(signal, reference) -> jax.Array:
 
 
 def soart3(signal, reference, beta_floor: float = BETA_FLOOR) -> SoaRT3:
-    """(log_beta, log_eta, log_gamma), each (...), of signal y against reference x, both (..., d)."""
+    """(log_beta, log_eta, log_gamma), each (...), of signal y against reference x (..., d)."""
     y, x = _as_float(signal), _as_float(reference)
     beta = sensitivity(y, x)
     resid = y - beta[..., None] * x
@@ -128,7 +128,8 @@ def taguchi(signal, reference) -> Taguchi:
     d = jnp.broadcast_shapes(y.shape, x.shape)[-1]
     if d < 2:
         raise ValueError(f"taguchi needs vectors of length d >= 2 (V_e divides by d - 1), got {d}")
-    L, r, S_T = _dot(x, y), _dot(x, x), _dot(y, y)
+    L, S_T = _dot(x, y), _dot(y, y)
+    r = jnp.broadcast_to(_dot(x, x), L.shape)
     nonzero = r > 0
     safe_r = jnp.where(nonzero, r, 1.0)
     beta = jnp.where(nonzero, L / safe_r, 0.0)
@@ -157,7 +158,7 @@ def unit_spaces(x_train, y_train, n_classes: int) -> jax.Array:
 def rt_views(
     x, units, weight_metric: str = "log_gamma", beta_floor: float = BETA_FLOOR
 ) -> tuple[jax.Array, jax.Array]:
-    """The two RT views of items x (..., d) against unit spaces (k, d): (weight, bias), each (..., k).
+    """The RT views (weight, bias), each (..., k), of items x (..., d) against unit spaces (k, d).
 
     Column j is the item's metric against unit space j: the Weight view is `weight_metric`
     (log_gamma, the seed's choice, or log_eta), the Bias view is log_beta.
