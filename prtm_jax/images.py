@@ -190,15 +190,14 @@ def _part_templates(u: jax.Array, v: jax.Array, size: int) -> jax.Array:
     return jax.nn.sigmoid(-signed_dist / 0.3)
 
 
-def make_parts_two_view(key: jax.Array, p: PartsParams, shape: PartsShape) -> TwoView:
-    """Simulated inspection images of `n_types` part types and their RT views (n, 2*n_types).
+def parts_images(key: jax.Array, p: PartsParams, shape: PartsShape) -> tuple[jax.Array, jax.Array]:
+    """Simulated inspection images (n_train + n_test, size*size) and labels; train rows first.
 
     Label = 2*type + defective: class 2t is a good part of type t, class 2t+1 the same part
-    with one small dark defect (a Gaussian spot of depth `defect_depth`, placed on the part at
+    with one small dark defect (a Gaussian spot of depth `defect_depth`, centred on the part at
     a pixel drawn in proportion to the part's intensity). Labels are balanced and shuffled, as
     in `data.make_two_view`. Every image: the type's template shifted by `jitter`, times a
     log-normal gain, plus Gaussian noise, clipped at 0 (a sensor floor), times `scale`.
-    Train and test come from one draw; unit spaces from the n_train training rows.
     """
     if not 1 <= shape.n_types <= N_PART_TYPES:
         raise ValueError(f"n_types must be in 1..{N_PART_TYPES}, got {shape.n_types}")
@@ -215,7 +214,6 @@ def make_parts_two_view(key: jax.Array, p: PartsParams, shape: PartsShape) -> Tw
         _part_templates(u_NSS, v_NSS, s), part_N[None, :, None, None], axis=0
     )[0]
 
-    # The defect sits on the part: its centre pixel is drawn in proportion to the intensity.
     spot_N = jax.random.categorical(k_spot, jnp.log(clean_NSS.reshape(n, -1) + 1e-6))
     sv, su = (spot_N // s).astype(jnp.float32), (spot_N % s).astype(jnp.float32)
     d2_NSS = (jnp.arange(s)[None, None, :] - su[:, None, None]) ** 2 + (
@@ -225,15 +223,21 @@ def make_parts_two_view(key: jax.Array, p: PartsParams, shape: PartsShape) -> Tw
     part_NSS = clean_NSS * (1 - p.defect_depth * defective_N[:, None, None] * spot_NSS)
 
     gain_N = jnp.exp(p.gain_std * jax.random.normal(k_gain, (n,)))
-    img_NSS = gain_N[:, None, None] * part_NSS + p.noise_std * jax.random.normal(k_noise, (n, s, s))
-    img_ND = p.scale * jnp.maximum(img_NSS, 0.0).reshape(n, s * s)
+    noise_NSS = p.noise_std * jax.random.normal(k_noise, (n, s, s))
+    img_NSS = jnp.maximum(gain_N[:, None, None] * part_NSS + noise_NSS, 0.0)
+    return p.scale * img_NSS.reshape(n, s * s), y_N
+
+
+def make_parts_two_view(key: jax.Array, p: PartsParams, shape: PartsShape) -> TwoView:
+    """RT views (n, 2*n_types) of `parts_images`; unit spaces from the n_train training rows."""
+    img_ND, y_N = parts_images(key, p, shape)
     t = shape.n_train
     return rt_two_view(
         img_ND[:t],
         y_N[:t],
         img_ND[t:],
         y_N[t:],
-        n_classes,
+        2 * shape.n_types,
         shape.weight_metric,
         shape.standardize,
     )
