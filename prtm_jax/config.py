@@ -12,7 +12,8 @@ from prtm_jax.mlp import ACTIVATIONS, INITS
 
 OPTIMIZERS = ("sgd", "adam")
 LOSS_REDUCTIONS = ("sum", "mean")
-DATA_SOURCES = ("blobs",)
+DATA_SOURCES = ("blobs", "digits", "parts")
+WEIGHT_METRICS = ("log_gamma", "log_eta")
 # "highest" keeps float32 matmuls exact on GPU/TPU (no silent TF32 / bfloat16 passes).
 MATMUL_PRECISIONS = ("highest", "high", "default")
 
@@ -36,6 +37,15 @@ class DataConfig:
     clip_floor: float = 0.001
     center_box: float = 10.0
     rho: float = 0.0
+    # RT-feature sources (digits, parts): the Weight view's metric, z-scoring with training
+    # statistics, pixel noise; digits' stratified test size; parts' types and image size.
+    weight_metric: str = "log_gamma"
+    standardize: bool = True
+    pixel_noise: float = 0.0
+    n_test_per_class: int = 36
+    n_types: int = 5
+    image_size: int = 12
+    defect_depth: float = 0.8
 
 
 @dataclass
@@ -119,6 +129,16 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
         _positive(f"data.{name}", getattr(d, name))
     _require(d.n_val >= 0, f"data.n_val must be an integer >= 0, got {d.n_val}")
     _require(0.0 <= d.rho <= 1.0, f"data.rho must be in [0, 1], got {d.rho}")
+    _choice("data.weight_metric", d.weight_metric, WEIGHT_METRICS)
+    _require(d.pixel_noise >= 0, f"data.pixel_noise must be >= 0, got {d.pixel_noise}")
+    _require(
+        1 <= d.n_test_per_class <= 173,
+        f"data.n_test_per_class must be in 1..173 (digits' smallest class has 174), "
+        f"got {d.n_test_per_class}",
+    )
+    for name in ("n_types", "image_size"):
+        _positive(f"data.{name}", getattr(d, name), integer=True)
+    _require(0 <= d.defect_depth <= 1, f"data.defect_depth must be in [0, 1], got {d.defect_depth}")
     m = cfg.model
     _require(
         len(m.hidden) > 0 and all(isinstance(h, int) and h > 0 for h in m.hidden),
@@ -131,13 +151,18 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
     t = cfg.train
     _positive("train.epochs", t.epochs, integer=True)
     _positive("train.batch_size", t.batch_size, integer=True)
+    n_train = n_train_rows(cfg)
     _require(
-        t.batch_size <= d.n_train,
-        f"train.batch_size must be <= data.n_train ({d.n_train}), got {t.batch_size}",
+        t.batch_size <= n_train,
+        f"train.batch_size must be <= the training rows ({n_train}), got {t.batch_size}",
     )
     _choice("train.loss", t.loss, LOSS_REDUCTIONS)
     _choice("matmul_precision", cfg.matmul_precision, MATMUL_PRECISIONS)
     for axis, values in grid_axes(cfg).items():
+        _require(
+            axis == "lr" or d.source == "blobs",
+            f"grid.{axis} applies to data.source=blobs only, got {d.source} (grid.lr: any)",
+        )
         _require(len(values) > 0, f"grid.{axis} must be a non-empty list of numbers, got []")
         for v in values:
             if axis == "rho":
@@ -150,3 +175,18 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
 def grid_axes(cfg: Config) -> dict[str, list[float]]:
     """The gridded axes of cfg, in GridConfig field order."""
     return {k: list(v) for k, v in vars(cfg.grid).items() if v is not None}
+
+
+def n_classes(cfg: Config) -> int:
+    """Classes of the configured source (digits: 10; parts: good/defective per type)."""
+    return {"blobs": cfg.data.n_classes, "digits": 10, "parts": 2 * cfg.data.n_types}[
+        cfg.data.source
+    ]
+
+
+def n_train_rows(cfg: Config) -> int:
+    """Rows the models train on (held-out n_val rows excluded)."""
+    d = cfg.data
+    if d.source == "digits":
+        return 1797 - 10 * d.n_test_per_class - d.n_val
+    return d.n_train

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from prtm_jax import mlp
-from prtm_jax.config import Config, grid_axes
+from prtm_jax import images, mlp
+from prtm_jax.config import Config, grid_axes, n_classes
 from prtm_jax.data import DataParams, DataShape, TwoView, make_two_view
 from prtm_jax.fusion import fuse
 from prtm_jax.train import TrainSpec, make_train
@@ -62,20 +62,49 @@ class HParams(NamedTuple):
     lr: jax.Array | float
 
 
-def hparams(cfg: Config) -> HParams:
+# Each source is a pure `make(key, params, shape) -> TwoView`: traced params, static shape.
+SOURCES: dict[str, Callable[[jax.Array, NamedTuple, NamedTuple], TwoView]] = {
+    "blobs": make_two_view,
+    "digits": images.make_digits_two_view,
+    "parts": images.make_parts_two_view,
+}
+
+
+def source_shape(cfg: Config) -> NamedTuple:
+    """Static sizes of the configured source; n_val extra training rows are drawn for blobs
+    and parts (held out from training), and taken out of digits' fixed training split."""
     d = cfg.data
-    data = DataParams(
-        view1_std=d.view1_std,
-        view2_mean=d.view2_mean,
-        view2_std=d.view2_std,
-        view2_offset=d.view2_offset,
-        clip_floor=d.clip_floor,
-        center_box=d.center_box,
-        rho=d.rho,
+    if d.source == "blobs":
+        return DataShape(d.n_train + d.n_val, d.n_test, d.n_classes, d.n_features)
+    if d.source == "digits":
+        return images.DigitsShape(d.n_test_per_class, d.weight_metric, d.standardize)
+    return images.PartsShape(
+        d.n_train + d.n_val, d.n_test, d.n_types, d.image_size, d.weight_metric, d.standardize
     )
-    return HParams(
-        jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), data), jnp.float32(cfg.optim.lr)
-    )
+
+
+def source_params(cfg: Config) -> NamedTuple:
+    """Traced parameters of the configured source, as float32 scalars."""
+    d = cfg.data
+    if d.source == "blobs":
+        p = DataParams(
+            view1_std=d.view1_std,
+            view2_mean=d.view2_mean,
+            view2_std=d.view2_std,
+            view2_offset=d.view2_offset,
+            clip_floor=d.clip_floor,
+            center_box=d.center_box,
+            rho=d.rho,
+        )
+    elif d.source == "digits":
+        p = images.DigitsParams(noise_std=d.pixel_noise)
+    else:
+        p = images.PartsParams(noise_std=d.pixel_noise, defect_depth=d.defect_depth)
+    return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p)
+
+
+def hparams(cfg: Config) -> HParams:
+    return HParams(source_params(cfg), jnp.float32(cfg.optim.lr))
 
 
 def model_names(task: Task) -> list[str]:
@@ -94,7 +123,7 @@ def _view(data: TwoView, view: str, split: str) -> jax.Array:
 
 def train_spec(cfg: Config) -> TrainSpec:
     return TrainSpec(
-        sizes=(0, *cfg.model.hidden, cfg.data.n_classes),  # input width comes from the data
+        sizes=(0, *cfg.model.hidden, n_classes(cfg)),  # input width comes from the data
         activation=cfg.model.activation,
         init=cfg.model.init,
         optimizer=cfg.optim.name,
@@ -109,11 +138,12 @@ def make_run(
     key: StaticKey,
 ) -> Callable[[jax.Array, HParams], dict[str, dict[str, jax.Array]]]:
     """Return `run(seed_key, hp) -> {model: {metric: scalar}}` for one seed."""
-    task, shape, spec = TASKS[key.task], key.shape, key.spec
+    task, spec, make_data = TASKS[key.task], key.spec, SOURCES[key.source]
     train = make_train(spec)
 
     def run(seed_key: jax.Array, hp: HParams) -> dict[str, dict[str, jax.Array]]:
-        data = make_two_view(jax.random.fold_in(seed_key, DATA_PURPOSE), hp.data, shape)
+        data = make_data(jax.random.fold_in(seed_key, DATA_PURPOSE), hp.data, key.shape)
+        data, _val = split_validation(data, key.n_val)
         logp: dict[str, jax.Array] = {}
         out: dict[str, dict[str, jax.Array]] = {}
         for m in task.models:
@@ -131,6 +161,23 @@ def make_run(
         return out
 
     return run
+
+
+def split_validation(data: TwoView, n_val: int) -> tuple[TwoView, TwoView | None]:
+    """Hold the last n_val training rows out of training (for fitting fusion rules)."""
+    if not n_val:
+        return data, None
+    fit = data._replace(
+        x1_train=data.x1_train[:-n_val],
+        x2_train=data.x2_train[:-n_val],
+        y_train=data.y_train[:-n_val],
+    )
+    val = data._replace(
+        x1_train=data.x1_train[-n_val:],
+        x2_train=data.x2_train[-n_val:],
+        y_train=data.y_train[-n_val:],
+    )
+    return fit, val
 
 
 def classification_metrics(logp_NC: jax.Array, y_N: jax.Array) -> dict[str, jax.Array]:
@@ -168,15 +215,14 @@ class StaticKey(NamedTuple):
     """Everything that shapes the compiled program; the jitted runner is cached on it."""
 
     task: str
-    shape: DataShape
+    source: str
+    shape: NamedTuple
+    n_val: int
     spec: TrainSpec
 
 
 def static_key(cfg: Config) -> StaticKey:
-    d = cfg.data
-    return StaticKey(
-        cfg.task, DataShape(d.n_train, d.n_test, d.n_classes, d.n_features), train_spec(cfg)
-    )
+    return StaticKey(cfg.task, cfg.data.source, source_shape(cfg), cfg.data.n_val, train_spec(cfg))
 
 
 @functools.cache

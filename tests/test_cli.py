@@ -31,7 +31,10 @@ def _error(capsys, monkeypatch, *args):
         (["data.view2_std=0"], "data.view2_std must be a positive number, got 0.0"),
         (["data.view1_std=-1"], "data.view1_std must be a positive number, got -1.0"),
         (["seeds=0"], "seeds must be a positive integer, got 0"),
-        (["train.batch_size=3000"], "train.batch_size must be <= data.n_train (2000), got 3000"),
+        (
+            ["train.batch_size=3000"],
+            "train.batch_size must be <= the training rows (2000), got 3000",
+        ),
         (["model.hidden=[]"], "model.hidden must be a non-empty list of positive integers, got []"),
         (
             ["model.hidden=[64,-2]"],

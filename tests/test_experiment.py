@@ -1,8 +1,9 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
-from prtm_jax.config import OptimConfig, TrainConfig
+from prtm_jax.config import DataConfig, OptimConfig, TrainConfig
 from prtm_jax.experiment import run_seeds
 
 
@@ -33,3 +34,32 @@ def test_a_diverging_seed_is_flagged_not_raised(tiny_cfg):
     assert not r["weight"]["finite"].all() or not r["bias"]["finite"].all()
     # A fused row is finite only where both of its inputs are.
     assert np.all(r["fused"]["finite"] <= (r["weight"]["finite"] & r["bias"]["finite"]))
+
+
+def test_split_validation_holds_out_the_last_training_rows():
+    import jax
+
+    from prtm_jax.data import DataParams, DataShape, make_two_view
+    from prtm_jax.experiment import split_validation
+
+    d = make_two_view(
+        jax.random.key(0), DataParams(2.0, 0.5, 0.25, 0.55, 0.001, 10.0), DataShape(50, 10, 3, 4)
+    )
+    fit, val = split_validation(d, 8)
+    assert fit.x1_train.shape == (42, 4) and val.x2_train.shape == (8, 3)
+    np.testing.assert_array_equal(np.concatenate([fit.y_train, val.y_train]), d.y_train)
+    np.testing.assert_array_equal(fit.x1_test, d.x1_test)
+    assert split_validation(d, 0) == (d, None)
+
+
+@pytest.mark.parametrize("source", ["digits", "parts"])
+def test_rt_sources_run_end_to_end(tiny_cfg, source):
+    cfg = dataclasses.replace(
+        tiny_cfg,
+        seeds=2,
+        data=DataConfig(source=source, n_train=64, n_test=40, n_val=16, image_size=8),
+        train=TrainConfig(epochs=2, batch_size=32),
+    )
+    r = run_seeds(cfg)
+    for m in ("weight", "bias", "fused"):
+        assert r[m]["finite"].all() and r[m]["accuracy"].shape == (1, 2)
