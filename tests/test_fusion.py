@@ -11,7 +11,7 @@ from sklearn.naive_bayes import GaussianNB
 from prtm_jax import fusion
 from prtm_jax.fusion import fit_pool_weights, fit_temperature, fuse
 
-RNG = np.random.default_rng(0)
+rng = np.random.default_rng(0)
 
 PARAMS = {
     "prior_product": {"log_prior": jnp.log(jnp.array([0.5, 0.3, 0.2]))},
@@ -38,11 +38,11 @@ def test_product_survives_float32_underflow():
     assert int(fuse(_logp(p_a), _logp(p_b)).argmax()) == 2
 
 
-def test_product_matches_float64_product_on_extreme_confidences():
+def test_product_matches_float64_product_on_extreme_confidences(rng):
     # Two models as confident as the seed's Weight model (1e-51 beside 1.0) that often disagree:
     # then every product in a row is below float32's smallest number, 1.4e-45.
-    logits_a = RNG.normal(0, 100, (500, 10))
-    logits_b = RNG.normal(0, 100, (500, 10))
+    logits_a = rng.normal(0, 100, (500, 10))
+    logits_b = rng.normal(0, 100, (500, 10))
     lp_a, lp_b = special.log_softmax(logits_a, 1), special.log_softmax(logits_b, 1)
     ref = (lp_a + lp_b).argmax(1)  # the float64 product, in logs so it is exact
     got = np.asarray(fuse(jnp.float32(lp_a), jnp.float32(lp_b)).argmax(-1))
@@ -60,11 +60,11 @@ def test_prior_product_divides_out_one_prior():
     assert int(fuse(lp, lp).argmax()) == 0
 
 
-def test_prior_product_is_the_bayes_posterior_of_independent_views():
+def test_prior_product_is_the_bayes_posterior_of_independent_views(rng):
     # Posteriors of two views independent given y on an imbalanced prior: the exact joint
     # posterior is P(y) L_a L_b, which only the prior-corrected product recovers.
     prior = np.array([0.7, 0.2, 0.05, 0.05])
-    lik_a, lik_b = RNG.uniform(0.01, 1, (200, 4)), RNG.uniform(0.01, 1, (200, 4))
+    lik_a, lik_b = rng.uniform(0.01, 1, (200, 4)), rng.uniform(0.01, 1, (200, 4))
     post_a = prior * lik_a / (prior * lik_a).sum(1, keepdims=True)
     post_b = prior * lik_b / (prior * lik_b).sum(1, keepdims=True)
     joint = prior * lik_a * lik_b / (prior * lik_a * lik_b).sum(1, keepdims=True)
@@ -104,9 +104,9 @@ def test_majority_breaks_ties_by_summed_probability():
     np.testing.assert_array_equal(got.argmax(1), [0, 1])
 
 
-def test_majority_never_lets_soft_vote_outrank_a_vote():
-    lp_a = jax.nn.log_softmax(jnp.asarray(RNG.normal(0, 3, (1000, 5)), jnp.float32))
-    lp_b = jax.nn.log_softmax(jnp.asarray(RNG.normal(0, 3, (1000, 5)), jnp.float32))
+def test_majority_never_lets_soft_vote_outrank_a_vote(rng):
+    lp_a = jax.nn.log_softmax(jnp.asarray(rng.normal(0, 3, (1000, 5)), jnp.float32))
+    lp_b = jax.nn.log_softmax(jnp.asarray(rng.normal(0, 3, (1000, 5)), jnp.float32))
     pred = np.asarray(fuse(lp_a, lp_b, "majority").argmax(-1))
     a, b = np.asarray(lp_a.argmax(-1)), np.asarray(lp_b.argmax(-1))
     assert ((pred == a) | (pred == b)).all()
@@ -119,8 +119,8 @@ def test_majority_never_lets_soft_vote_outrank_a_vote():
     np.testing.assert_array_equal(pred, tie_pick)
 
 
-def test_calibrated_product_and_pool_by_hand():
-    logits_a, logits_b = RNG.normal(0, 3, (20, 4)), RNG.normal(0, 1, (20, 4))
+def test_calibrated_product_and_pool_by_hand(rng):
+    logits_a, logits_b = rng.normal(0, 3, (20, 4)), rng.normal(0, 1, (20, 4))
     ref = special.log_softmax(
         special.log_softmax(logits_a / 2.0, 1) + special.log_softmax(logits_b / 0.5, 1), 1
     )
@@ -135,9 +135,9 @@ def test_calibrated_product_and_pool_by_hand():
 
 
 @pytest.mark.parametrize("rule", sorted(fusion.RULES))
-def test_rule_is_normalised_shift_invariant_and_vmappable(rule):
-    logits_a = jnp.asarray(RNG.normal(0, 5, (4, 6, 3)), jnp.float32)  # (seeds, N, C)
-    logits_b = jnp.asarray(RNG.normal(0, 1, (4, 6, 3)), jnp.float32)
+def test_rule_is_normalised_shift_invariant_and_vmappable(rng, rule):
+    logits_a = jnp.asarray(rng.normal(0, 5, (4, 6, 3)), jnp.float32)  # (seeds, N, C)
+    logits_b = jnp.asarray(rng.normal(0, 1, (4, 6, 3)), jnp.float32)
     params = PARAMS.get(rule, {})
     out = jax.jit(jax.vmap(lambda a, b: fuse(a, b, rule, **params)))(logits_a, logits_b)
     loop = jnp.stack([fuse(a, b, rule, **params) for a, b in zip(logits_a, logits_b, strict=True)])
@@ -171,16 +171,16 @@ def test_oracle_correct_is_either_right():
     np.testing.assert_array_equal(got, [True, True, True, False])
 
 
-def _sample_labels(logits, t):
+def _sample_labels(rng, logits, t):
     p = special.softmax(logits / t, axis=1)
-    u = RNG.uniform(size=(len(p), 1))
+    u = rng.uniform(size=(len(p), 1))
     return (p.cumsum(1) < u).sum(1).clip(0, p.shape[1] - 1)
 
 
 @pytest.mark.parametrize("t_true", [0.3, 1.0, 4.0])
-def test_fit_temperature_recovers_the_generating_temperature(t_true):
-    logits = RNG.normal(0, 3, (20_000, 5))
-    y = _sample_labels(logits, t_true)
+def test_fit_temperature_recovers_the_generating_temperature(rng, t_true):
+    logits = rng.normal(0, 3, (20_000, 5))
+    y = _sample_labels(rng, logits, t_true)
     t_hat = float(fit_temperature(jnp.float32(logits), jnp.asarray(y)))
     assert abs(t_hat / t_true - 1) < 0.05
     f = lambda inv_t: _nll(special.log_softmax(logits * inv_t, 1), y)  # noqa: E731
@@ -188,27 +188,27 @@ def test_fit_temperature_recovers_the_generating_temperature(t_true):
     assert abs(t_hat * ref - 1) < 1e-3  # the same optimum as scipy's, to float32 precision
 
 
-def test_fit_temperature_is_vmappable_over_seeds():
-    logits = RNG.normal(0, 3, (3, 400, 4))
-    y = np.stack([_sample_labels(z, t) for z, t in zip(logits, [0.5, 1.0, 2.0], strict=True)])
+def test_fit_temperature_is_vmappable_over_seeds(rng):
+    logits = rng.normal(0, 3, (3, 400, 4))
+    y = np.stack([_sample_labels(rng, z, t) for z, t in zip(logits, [0.5, 1.0, 2.0], strict=True)])
     batched = jax.jit(jax.vmap(fit_temperature))(jnp.float32(logits), jnp.asarray(y))
     loop = [fit_temperature(jnp.float32(z), jnp.asarray(v)) for z, v in zip(logits, y, strict=True)]
     np.testing.assert_allclose(batched, loop, rtol=1e-4)
 
 
-def _pool_data(misleading_b: bool):
+def _pool_data(rng, misleading_b: bool):
     n, c = 2000, 10
-    y = RNG.integers(0, c, n)
-    za = RNG.normal(0, 1, (n, c))
+    y = rng.integers(0, c, n)
+    za = rng.normal(0, 1, (n, c))
     za[np.arange(n), y] += 1.5
-    zb = RNG.normal(0, 2, (n, c))
+    zb = rng.normal(0, 2, (n, c))
     zb[np.arange(n), y] += -1.0 if misleading_b else 1.0
     return special.log_softmax(5 * za, 1), special.log_softmax(0.5 * zb, 1), y
 
 
 @pytest.mark.parametrize("misleading_b", [False, True])
-def test_fit_pool_weights_matches_scipy_bounded_minimum(misleading_b):
-    lp_a, lp_b, y = _pool_data(misleading_b)
+def test_fit_pool_weights_matches_scipy_bounded_minimum(rng, misleading_b):
+    lp_a, lp_b, y = _pool_data(rng, misleading_b)
     w = fit_pool_weights(jnp.float32(lp_a), jnp.float32(lp_b), jnp.asarray(y))
     ref = optimize.minimize(
         lambda w: _nll(special.log_softmax(w[0] * lp_a + w[1] * lp_b, 1), y),
