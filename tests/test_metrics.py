@@ -154,6 +154,32 @@ def test_cmi_of_predictions_independent_given_label_is_near_zero(rng):
     assert float(metrics.conditional_mutual_information(pa, pb, 0 * y, c)) > 0.1
 
 
+def test_shuffle_within_class_keeps_each_class_values():
+    y = jnp.array([2, 0, 1, 0, 2, 2, 1, 0])
+    x = jnp.arange(8)
+    got = np.asarray(metrics.shuffle_within_class(jax.random.key(3), x, y))
+    for k in range(3):
+        assert sorted(got[np.asarray(y) == k]) == sorted(np.asarray(x)[np.asarray(y) == k])
+    assert (got != np.asarray(x)).any()
+
+
+def test_cmi_shuffled_measures_the_plug_in_bias(rng):
+    # At 500 rows and 10 classes the plug-in CMI of independent-given-y predictions is far from
+    # 0; the shuffled level matches it, while copied predictions stand well above it.
+    c, n = 10, 500
+    y = rng.integers(0, c, n)
+    pa = np.where(rng.uniform(size=n) < 0.7, y, rng.integers(0, c, n))
+    pb = np.where(rng.uniform(size=n) < 0.5, y, rng.integers(0, c, n))
+    pb_dep = np.where(rng.uniform(size=n) < 0.5, pa, pb)
+    y, pa, pb, pb_dep = map(jnp.asarray, (y, pa, pb, pb_dep))
+    key = jax.random.key(0)
+    cmi = float(metrics.conditional_mutual_information(pa, pb, y, c))
+    null = float(metrics.cmi_shuffled(key, pa, pb, y, c))
+    assert cmi > 0.05 and abs(cmi - null) < 0.3 * null
+    dep = float(metrics.conditional_mutual_information(pa, pb_dep, y, c))
+    assert dep - float(metrics.cmi_shuffled(key, pa, pb_dep, y, c)) > 0.1
+
+
 def test_follows_confident_by_hand():
     # Row 0: a more confident (0.9 > 0.6), fused picks a's class 0: follows.
     # Row 1: b more confident (0.8 > 0.7), fused picks a's class 0: does not follow.
@@ -176,7 +202,7 @@ def test_all_metrics_vmaps_over_seeds_like_a_loop(rng):
     def one_seed(la, lb, y):
         logp = {"weight": jax.nn.log_softmax(la), "bias": jax.nn.log_softmax(lb)}
         logp["fused"] = fuse(la, lb)
-        return metrics.all_metrics(logp, y)
+        return metrics.all_metrics(logp, y, key=jax.random.key(0))
 
     per_model, pair = jax.jit(jax.vmap(one_seed))(logits_a, logits_b, y)
     assert set(per_model) == {"weight", "bias", "fused"}
