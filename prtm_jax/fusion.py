@@ -125,7 +125,7 @@ def _loglinear_nll(f_NCR: jax.Array, y_N: jax.Array, w_R: jax.Array) -> jax.Arra
 
 
 def _fit_loglinear(
-    f_NCR: jax.Array, y_N: jax.Array, lo: float, steps: int, n_halvings: int = 16
+    f_NCR: jax.Array, y_N: jax.Array, lo: float, steps: int, n_halvings: int = 10
 ) -> jax.Array:
     """Weights w (R,) in [lo, MAX_WEIGHT] minimising the NLL of log_softmax(f @ w) against y.
 
@@ -159,7 +159,7 @@ def _fit_loglinear(
 
 
 @partial(jax.jit, static_argnames="steps")
-def fit_temperature(logits_NC: jax.Array, y_N: jax.Array, steps: int = 30) -> jax.Array:
+def fit_temperature(logits_NC: jax.Array, y_N: jax.Array, steps: int = 15) -> jax.Array:
     """Temperature T (scalar) minimising the NLL of softmax(logits / T) against y (N,).
 
     Fit on held-out rows, never the test rows. Newton steps on 1/T rather than log T, because
@@ -173,7 +173,7 @@ def fit_temperature(logits_NC: jax.Array, y_N: jax.Array, steps: int = 30) -> ja
 
 @partial(jax.jit, static_argnames="steps")
 def fit_pool_weights(
-    lp_a: jax.Array, lp_b: jax.Array, y_N: jax.Array, steps: int = 30
+    lp_a: jax.Array, lp_b: jax.Array, y_N: jax.Array, steps: int = 15
 ) -> tuple[jax.Array, jax.Array]:
     """Weights (w_a, w_b) >= 0 minimising the NLL of log_softmax(w_a lp_a + w_b lp_b) against y.
 
