@@ -146,12 +146,18 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def _improvement(d_NK: np.ndarray, higher_is_better: bool | np.ndarray) -> np.ndarray:
+    """Per seed: 1 if x beat y (d = x - y), 0.5 on a tie, 0 otherwise."""
+    better_NK = np.where(higher_is_better, 1.0, -1.0) * d_NK
+    return (better_NK > 0) + 0.5 * (better_NK == 0)
+
+
 def probability_of_improvement(
     x_NK: np.ndarray, y_NK: np.ndarray, higher_is_better: bool | np.ndarray = True
 ) -> np.ndarray:
     """P(x beats y) + 0.5 P(tie) per column, over seeds paired row by row."""
-    d = np.where(higher_is_better, 1.0, -1.0) * (np.asarray(x_NK) - np.asarray(y_NK))
-    return ((d > 0) + 0.5 * (d == 0)).mean(0)
+    d_NK = np.asarray(x_NK, np.float64) - np.asarray(y_NK, np.float64)
+    return _improvement(d_NK, higher_is_better).mean(0)
 
 
 def paired_comparison(
@@ -172,8 +178,7 @@ def paired_comparison(
     rng = np.random.default_rng(0) if rng is None else rng
     x_NK, y_NK = np.asarray(x_NK, np.float64), np.asarray(y_NK, np.float64)
     d_NK = x_NK - y_NK
-    better_NK = np.where(higher_is_better, 1.0, -1.0) * d_NK
-    h_NK = (better_NK > 0) + 0.5 * (better_NK == 0)
+    h_NK = _improvement(d_NK, higher_is_better)
     # Resampling seeds (rows) keeps each seed's a and b together: the pairing the tests use.
     n = d_NK.shape[0]
     counts_BN = _counts(rng.integers(0, n, (n_resamples, n)), n)
