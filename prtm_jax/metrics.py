@@ -149,7 +149,7 @@ def conditional_mutual_information(
     Zero iff the predictions are independent given the label. The plug-in estimate is biased
     upward, by about sum_y (k_a(y) - 1)(k_b(y) - 1) / (2N) nats when the truth is 0 (k(y): the
     distinct predictions seen for label y). At 500 rows and 10 classes that is of the order of
-    0.1 nats, so read it against `cmi_shuffled`, its value when the dependence is removed.
+    0.1 nats, so read it against `cmi_null`, its value when the dependence is removed.
     Pass y_N = zeros for the pooled mutual information I(pred_a; pred_b).
     """
     c = n_classes
@@ -174,7 +174,7 @@ def shuffle_within_class(key: jax.Array, x_N: jax.Array, y_N: jax.Array) -> jax.
 
 
 @partial(jax.jit, static_argnames=("n_classes", "n_shuffles"))
-def cmi_shuffled(
+def cmi_null(
     key: jax.Array,
     pred_a: jax.Array,
     pred_b: jax.Array,
@@ -182,10 +182,11 @@ def cmi_shuffled(
     n_classes: int,
     n_shuffles: int = 16,
 ) -> jax.Array:
-    """Mean plug-in CMI after shuffling pred_b within each class: the estimate's level at CMI 0.
+    """Mean plug-in CMI after shuffling pred_b within each class: the estimate's floor at CMI 0.
 
     The shuffle keeps both (y, pred) marginals and removes any dependence given y, so
-    `cmi - cmi_shuffled` is the conditional dependence beyond the plug-in bias.
+    `cmi - cmi_null` is the conditional dependence beyond the plug-in bias (the same idea, and
+    name, as `dependence.Dependence.cmi_null` for the views).
     """
     keys = jax.random.split(key, n_shuffles)
     shuffled_SN = jax.vmap(shuffle_within_class, in_axes=(0, None, None))(keys, pred_b, y_N)
@@ -229,12 +230,12 @@ def pair_metrics(
 ) -> dict[str, jax.Array]:
     """Diversity of two models (pooled and within class), their dependence, and the oracle.
 
-    With a PRNG key, also cmi_shuffled (the CMI estimate's level under independence given y).
+    With a PRNG key, also cmi_null (the CMI estimate's level under independence given y).
     """
     c = logp_a.shape[-1]
     pred_a, pred_b = logp_a.argmax(-1), logp_b.argmax(-1)
     ok_a, ok_b = pred_a == y_N, pred_b == y_N
-    null = {} if key is None else {"cmi_shuffled": cmi_shuffled(key, pred_a, pred_b, y_N, c)}
+    null = {} if key is None else {"cmi_null": cmi_null(key, pred_a, pred_b, y_N, c)}
     return null | {
         "yules_q": yules_q(ok_a, ok_b),
         "yules_q_within": yules_q_within(ok_a, ok_b, y_N, c),
@@ -260,7 +261,7 @@ def all_metrics(
 
     Each model in `fused` (default: every model not in `pair`) also gets follows_confident and
     follows_confident_disagree, measured against the two models of `pair`. `key` (optional)
-    is passed to pair_metrics for cmi_shuffled.
+    is passed to pair_metrics for cmi_null.
     """
     a, b = pair
     fused = [m for m in logp if m not in pair] if fused is None else fused
