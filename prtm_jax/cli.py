@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from prtm_jax.config import Config, ConfigError, validate
+from prtm_jax.config import Config, ConfigError
 
 ERROR_FILE = "error.txt"
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -80,7 +80,7 @@ def check_overrides(args: list[str]) -> int:
     """Compose and validate every job the arguments describe; returns the job count."""
     from hydra import compose, initialize_config_dir
 
-    from prtm_jax.experiment import TASKS
+    from prtm_jax.experiment import validate_config
 
     overrides = _user_overrides(args)
     multirun = bool({"-m", "--multirun"} & set(args))
@@ -101,7 +101,7 @@ def check_overrides(args: list[str]) -> int:
                 cfg = to_config(compose(config_name="config", overrides=job))
             except Exception as exc:
                 raise ConfigError(_one_line(exc)) from None
-            validate(cfg, tuple(TASKS))
+            validate_config(cfg)
     return len(jobs)
 
 
@@ -112,10 +112,11 @@ def format_table(summary: dict[str, Any]) -> str:
             f"-- {', '.join(f'{k}={v}' for k, v in p['grid'].items())}\n{format_table(p)}"
             for p in summary["points"]
         )
-    lines = [f"{'model':<12} {'n':>5} {'accuracy':>9}  {'95% CI':<17} {'diverged':>8}"]
+    w = max(12, *(len(m) for m in summary["models"]))
+    lines = [f"{'model':<{w}} {'n':>5} {'accuracy':>9}  {'95% CI':<17} {'diverged':>8}"]
     for model, s in summary["models"].items():
         ci = f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
-        lines.append(f"{model:<12} {s['n']:>5} {s['mean']:>9.4f}  {ci:<17} {s['n_diverged']:>8}")
+        lines.append(f"{model:<{w}} {s['n']:>5} {s['mean']:>9.4f}  {ci:<17} {s['n_diverged']:>8}")
     for name, p in summary["paired"].items():
         lines.append(
             f"{name}: {p['mean']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}],"
@@ -132,20 +133,25 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
     from prtm_jax import experiment, results
 
     task = experiment.TASKS[cfg.task]
-    singles, fused = [m.name for m in task.models], [f.name for f in task.fusions]
+    # "Best single" is the better of the one-view models (concat and wb see both views).
+    singles = [m.name for m in task.models if m.view != "concat"]
+    fused = [f.name for f in task.fusions]
     t0 = time.perf_counter()
     metrics = experiment.run_seeds(cfg)
     seconds = time.perf_counter() - t0
     points = experiment.grid_points(cfg)
+    at = [
+        {m: {k: v[g] for k, v in d.items()} for m, d in metrics.items()} for g in range(len(points))
+    ]
     tables = [
-        results.seeds_table(
-            {m: {k: v[g] for k, v in d.items()} for m, d in metrics.items()},
-            np.arange(cfg.seeds),
-            extra=point,
-        )
-        for g, point in enumerate(points)
+        results.seeds_table(m, np.arange(cfg.seeds), extra=p)
+        for m, p in zip(at, points, strict=True)
     ]
     df = pd.concat(tables, ignore_index=True)
+    reliability = pd.concat(
+        [results.reliability_table(m, p) for m, p in zip(at, points, strict=True)],
+        ignore_index=True,
+    )
     if len(points) == 1 and not points[0]:
         summary = results.summarize(df, singles, fused)
     else:
@@ -156,7 +162,7 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
             ]
         }
     summary.update(task=cfg.task, seeds=cfg.seeds, seconds=round(seconds, 2), config=resolved)
-    results.write_run(out_dir, df, summary)
+    results.write_run(out_dir, df, summary, reliability)
     return summary
 
 
@@ -177,9 +183,9 @@ def _configure_jax(cfg: Config) -> None:
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(raw: DictConfig) -> None:
     from prtm_jax import results
-    from prtm_jax.experiment import TASKS
+    from prtm_jax.experiment import validate_config
 
-    cfg = validate(to_config(raw), tuple(TASKS))
+    cfg = validate_config(to_config(raw))
     _configure_jax(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     resolved = OmegaConf.to_container(raw, resolve=True)

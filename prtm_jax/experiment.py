@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from prtm_jax import images, mlp
-from prtm_jax.config import Config, grid_axes, n_classes
+from prtm_jax import images, metrics, mlp
+from prtm_jax.config import Config, ConfigError, grid_axes, n_classes, validate
 from prtm_jax.data import DataParams, DataShape, TwoView, make_two_view
-from prtm_jax.fusion import fuse
+from prtm_jax.fusion import RULES, fit_pool_weights, fit_temperature, fuse, fused_name
 from prtm_jax.train import TrainSpec, make_train
 
 DATA_PURPOSE = 0
@@ -32,6 +32,7 @@ DATA_PURPOSE = 0
 class ModelSpec(NamedTuple):
     name: str
     view: str  # "x1" (view 1), "x2" (view 2) or "concat" (both)
+    film: bool = False  # the W&B network: view 1 modulated by view 2 (see mlp)
 
 
 class FusionSpec(NamedTuple):
@@ -46,13 +47,35 @@ class Task(NamedTuple):
     fusions: tuple[FusionSpec, ...]
 
 
+WEIGHT, BIAS = ModelSpec("weight", "x1"), ModelSpec("bias", "x2")
+PAIR = "weight|bias"  # the row of seeds.csv that describes the pair (diversity, dependence)
+FITTED_RULES = frozenset({"calibrated_product", "pool"})  # fitted on the n_val held-out rows
+
 TASKS: dict[str, Task] = {
     "prtm2": Task(
-        models=(ModelSpec("weight", "x1"), ModelSpec("bias", "x2")),
+        models=(WEIGHT, BIAS),
         fusions=(FusionSpec("fused", "weight", "bias", "product"),),
     ),
     "prtm1": Task(models=(ModelSpec("mlp", "x1"),), fusions=()),
+    # The open questions: every fusion rule, early fusion (concat) and the W&B model, all on
+    # the same seeds and data as Weight and Bias.
+    "study": Task(
+        models=(WEIGHT, BIAS, ModelSpec("concat", "concat"), ModelSpec("wb", "concat", True)),
+        fusions=tuple(FusionSpec(fused_name(r), "weight", "bias", r) for r in RULES),
+    ),
 }
+
+
+def validate_config(cfg: Config) -> Config:
+    """`config.validate` plus what depends on the task: fitted rules need held-out rows."""
+    validate(cfg, tuple(TASKS))
+    fitted = sorted({f.rule for f in TASKS[cfg.task].fusions} & FITTED_RULES)
+    if fitted and cfg.data.n_val < 1:
+        raise ConfigError(
+            f"data.n_val must be >= 1 for task={cfg.task} (rules {', '.join(fitted)} are "
+            f"fitted on held-out rows), got {cfg.data.n_val}"
+        )
+    return cfg
 
 
 class HParams(NamedTuple):
@@ -108,7 +131,9 @@ def hparams(cfg: Config) -> HParams:
 
 
 def model_names(task: Task) -> list[str]:
-    return [m.name for m in task.models] + [f.name for f in task.fusions]
+    """Rows of seeds.csv, in order: models, fused models, then the pair row if any."""
+    pair = [PAIR] if task.fusions else []
+    return [m.name for m in task.models] + [f.name for f in task.fusions] + pair
 
 
 def _model_key(seed_key: jax.Array, name: str) -> jax.Array:
@@ -143,24 +168,73 @@ def make_run(
 
     def run(seed_key: jax.Array, hp: HParams) -> dict[str, dict[str, jax.Array]]:
         data = make_data(jax.random.fold_in(seed_key, DATA_PURPOSE), hp.data, key.shape)
-        data, _val = split_validation(data, key.n_val)
-        logp: dict[str, jax.Array] = {}
-        out: dict[str, dict[str, jax.Array]] = {}
+        data, val = split_validation(data, key.n_val)
+        n_class = spec.sizes[-1]
+        logits, logits_val, out = {}, {}, {}
         for m in task.models:
-            x_train, x_test = _view(data, m.view, "train"), _view(data, m.view, "test")
-            fit = train(_model_key(seed_key, m.name), x_train, data.y_train, hp.lr)
-            logp[m.name] = jax.nn.log_softmax(mlp.apply(fit.params, x_test, spec.activation))
-            ok = jnp.isfinite(fit.loss_E).all() & jnp.isfinite(logp[m.name]).all()
+            fit_fn = (
+                make_train(spec._replace(film_split=data.x1_train.shape[-1])) if m.film else train
+            )
+            fit = fit_fn(
+                _model_key(seed_key, m.name), _view(data, m.view, "train"), data.y_train, hp.lr
+            )
+            logits[m.name] = mlp.apply(fit.params, _view(data, m.view, "test"), spec.activation)
+            if val is not None:
+                x_val = _view(val, m.view, "train")
+                logits_val[m.name] = mlp.apply(fit.params, x_val, spec.activation)
+            ok = jnp.isfinite(fit.loss_E).all() & jnp.isfinite(logits[m.name]).all()
             out[m.name] = {"train_loss": fit.loss_E[-1], "finite": ok}
+        logp = {name: jax.nn.log_softmax(z) for name, z in logits.items()}
         for f in task.fusions:
-            logp[f.name] = fuse(logp[f.a], logp[f.b], f.rule)
+            params = _fusion_params(f, logits_val, val, data.y_train, n_class)
+            logp[f.name] = fuse(logits[f.a], logits[f.b], f.rule, **params)
             ok = out[f.a]["finite"] & out[f.b]["finite"] & jnp.isfinite(logp[f.name]).all()
-            out[f.name] = {"train_loss": jnp.float32(jnp.nan), "finite": ok}
+            out[f.name] = {
+                "finite": ok,
+                **{k: jnp.asarray(v) for k, v in params.items() if k != "log_prior"},
+            }
+        fused = [f.name for f in task.fusions]
+        if fused:
+            per_model, pair = metrics.all_metrics(
+                logp,
+                data.y_test,
+                pair=(task.fusions[0].a, task.fusions[0].b),
+                fused=fused,
+                key=_model_key(seed_key, "metrics"),
+            )
+            out[PAIR] = {
+                **pair,
+                "finite": out[task.fusions[0].a]["finite"] & out[task.fusions[0].b]["finite"],
+            }
+        else:
+            per_model = {m: metrics.model_metrics(lp, data.y_test) for m, lp in logp.items()}
         for name, lp in logp.items():
-            out[name].update(classification_metrics(lp, data.y_test))
+            count, conf, correct = metrics.reliability_bins(lp, data.y_test)
+            out[name].update(per_model[name], rel_count=count, rel_conf=conf, rel_correct=correct)
         return out
 
     return run
+
+
+def _fusion_params(
+    f: FusionSpec,
+    logits_val: dict[str, jax.Array],
+    val: TwoView | None,
+    y_train: jax.Array,
+    n_class: int,
+) -> dict[str, jax.Array]:
+    """A rule's fitted inputs: the training prior, or temperatures / pool weights fitted on
+    the held-out rows (never on test rows)."""
+    if f.rule == "prior_product":
+        counts = jnp.bincount(y_train, length=n_class)
+        return {"log_prior": jnp.log(counts / counts.sum())}
+    if f.rule == "calibrated_product":
+        t_a = fit_temperature(logits_val[f.a], val.y_train)
+        return {"t_a": t_a, "t_b": fit_temperature(logits_val[f.b], val.y_train)}
+    if f.rule == "pool":
+        w_a, w_b = fit_pool_weights(logits_val[f.a], logits_val[f.b], val.y_train)
+        return {"w_a": w_a, "w_b": w_b}
+    return {}
 
 
 def split_validation(data: TwoView, n_val: int) -> tuple[TwoView, TwoView | None]:
@@ -178,14 +252,6 @@ def split_validation(data: TwoView, n_val: int) -> tuple[TwoView, TwoView | None
         y_train=data.y_train[-n_val:],
     )
     return fit, val
-
-
-def classification_metrics(logp_NC: jax.Array, y_N: jax.Array) -> dict[str, jax.Array]:
-    """Accuracy and mean negative log-likelihood of log-probabilities against labels."""
-    return {
-        "accuracy": (logp_NC.argmax(-1) == y_N).mean(),
-        "nll": -jnp.take_along_axis(logp_NC, y_N[:, None], axis=-1).mean(),
-    }
 
 
 def seed_keys(root_seed: int, seeds: np.ndarray) -> jax.Array:

@@ -46,17 +46,27 @@ def brier(logp_NC: jax.Array, y_N: jax.Array) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames="n_bins")
-def ece(logp_NC: jax.Array, y_N: jax.Array, n_bins: int = 15) -> jax.Array:
-    """Expected calibration error of the top class: sum_b (n_b / N) |acc_b - conf_b|.
+def reliability_bins(
+    logp_NC: jax.Array, y_N: jax.Array, n_bins: int = 15
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per bin of the top-class probability: (row count, summed confidence, summed correct).
 
-    `n_bins` equal-width bins of the max probability, bin b = (b/n_bins, (b+1)/n_bins] (a
-    confidence of exactly 1 falls in the last bin). Empty bins contribute 0.
+    `n_bins` equal-width bins, bin b = (b/n_bins, (b+1)/n_bins] (a confidence of exactly 1
+    falls in the last bin). Sums, not means, so bins add up across seeds.
     """
     conf_N = jnp.exp(logp_NC.max(-1))
     correct_N = (logp_NC.argmax(-1) == y_N).astype(conf_N.dtype)
     bin_N = jnp.clip(jnp.ceil(conf_N * n_bins).astype(jnp.int32) - 1, 0, n_bins - 1)
-    gap_B = jax.ops.segment_sum(correct_N - conf_N, bin_N, num_segments=n_bins)
-    return jnp.abs(gap_B).sum() / y_N.shape[0]
+    total = partial(jax.ops.segment_sum, segment_ids=bin_N, num_segments=n_bins)
+    return total(jnp.ones_like(conf_N)), total(conf_N), total(correct_N)
+
+
+@partial(jax.jit, static_argnames="n_bins")
+def ece(logp_NC: jax.Array, y_N: jax.Array, n_bins: int = 15) -> jax.Array:
+    """Expected calibration error of the top class: sum_b (n_b / N) |acc_b - conf_b|, over the
+    bins of `reliability_bins`. Empty bins contribute 0."""
+    _, conf_B, correct_B = reliability_bins(logp_NC, y_N, n_bins)
+    return jnp.abs(correct_B - conf_B).sum() / y_N.shape[0]
 
 
 def _tables(correct_a: jax.Array, correct_b: jax.Array, strata: jax.Array, n_strata: int):

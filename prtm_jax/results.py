@@ -20,6 +20,7 @@ from prtm_jax.stats import bootstrap_ci, describe
 
 SEEDS_FILE = "seeds.csv"
 SUMMARY_FILE = "summary.json"
+RELIABILITY_FILE = "reliability.csv"
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -44,7 +45,8 @@ def seeds_table(
     """Tidy table: one row per (seed, model) with the metrics and `status` (ok / diverged)."""
     frames = []
     for model, m in metrics.items():
-        cols = {k: np.asarray(v) for k, v in m.items() if k != "finite"}
+        # One value per seed; per-seed vectors (reliability bins) go to reliability_table.
+        cols = {k: np.asarray(v) for k, v in m.items() if k != "finite" and np.ndim(v) == 1}
         df = pd.DataFrame({"seed": seed_ids, "model": model, **cols})
         df["status"] = np.where(np.asarray(m["finite"]), "ok", "diverged")
         frames.append(df)
@@ -54,12 +56,39 @@ def seeds_table(
     return df.sort_values("seed", kind="stable").reset_index(drop=True)
 
 
+def reliability_table(
+    metrics: dict[str, dict[str, np.ndarray]], extra: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """Per model and confidence bin: row count, summed confidence and summed correct, added up
+    over the ok seeds (the `rel_*` (seeds, bins) arrays of a run)."""
+    frames = []
+    for model, m in metrics.items():
+        if "rel_count" not in m:
+            continue
+        ok = np.asarray(m["finite"])
+        sums = {k: np.asarray(m[f"rel_{k}"])[ok].sum(0) for k in ("count", "conf", "correct")}
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "bin": np.arange(sums["count"].size),
+                    "count": sums["count"],
+                    "conf_sum": sums["conf"],
+                    "correct_sum": sums["correct"],
+                    **(extra or {}),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def summarize(df: pd.DataFrame, singles: list[str], fused: list[str]) -> dict[str, Any]:
     """Per-model accuracy statistics over ok seeds, and each fused model minus the best single.
 
     The best single model is the one with the highest mean accuracy; differences are paired
     by seed, over seeds where every model involved is ok.
     """
+    df = df[~df.model.str.contains("|", regex=False)]  # pair rows carry no accuracy
     ok = df[df.status == "ok"]
     out: dict[str, Any] = {"models": {}, "paired": {}}
     for model, g in df.groupby("model", sort=False):
@@ -85,9 +114,17 @@ def summarize(df: pd.DataFrame, singles: list[str], fused: list[str]) -> dict[st
     return out
 
 
-def write_run(out_dir: Path, df: pd.DataFrame, summary: dict[str, Any]) -> None:
-    """Write seeds.csv, then summary.json (the completion marker), both atomically."""
+def write_run(
+    out_dir: Path,
+    df: pd.DataFrame,
+    summary: dict[str, Any],
+    reliability: pd.DataFrame | None = None,
+) -> None:
+    """Write seeds.csv (and reliability.csv), then summary.json (the completion marker), each
+    atomically."""
     out_dir = Path(out_dir)
+    if reliability is not None and len(reliability):
+        write_atomic(out_dir / RELIABILITY_FILE, lambda p: reliability.to_csv(p, index=False))
     write_atomic(out_dir / SEEDS_FILE, lambda p: df.to_csv(p, index=False))
     write_atomic(
         out_dir / SUMMARY_FILE, lambda p: p.write_text(json.dumps(summary, indent=2, default=str))

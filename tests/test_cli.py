@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -42,8 +43,8 @@ def _error(capsys, monkeypatch, *args):
         ),
         (
             ["experiment=prtm9"],
-            "experiment='prtm9' is not one of: prtm1, prtm2, sweep_activation, sweep_view1_std,"
-            " sweep_view2",
+            "experiment='prtm9' is not one of: "
+            + ", ".join(sorted(p.stem for p in (Path(cli.CONF_DIR) / "experiment").glob("*.yaml"))),
         ),
         (["optim=rmsprop"], "optim='rmsprop' is not one of: adam, sgd"),
         (["optim.name=rmsprop"], "optim.name='rmsprop' is not one of: sgd, adam"),
@@ -95,7 +96,7 @@ def test_same_config_twice_gives_identical_files(tmp_path):
     df = pd.read_csv(a / "seeds.csv")
     assert list(df.columns[:2]) == ["seed", "model"]
     assert {"accuracy", "nll", "status"} <= set(df.columns)
-    assert len(df) == 9 and set(df.model) == {"weight", "bias", "fused"}
+    assert len(df) == 12 and set(df.model) == {"weight", "bias", "fused", "weight|bias"}
     summary = json.loads((a / "summary.json").read_text())
     for model in ("weight", "bias", "fused"):
         s = summary["models"][model]

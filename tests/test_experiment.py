@@ -63,3 +63,38 @@ def test_rt_sources_run_end_to_end(tiny_cfg, source):
     r = run_seeds(cfg)
     for m in ("weight", "bias", "fused"):
         assert r[m]["finite"].all() and r[m]["accuracy"].shape == (1, 2)
+
+
+def test_study_trains_every_model_and_rule_on_the_same_seeds(tiny_cfg):
+    from prtm_jax.experiment import PAIR, TASKS
+
+    cfg = dataclasses.replace(
+        tiny_cfg, task="study", seeds=2, data=DataConfig(n_train=96, n_test=40, n_val=32)
+    )
+    r = run_seeds(cfg)
+    names = {m.name for m in TASKS["study"].models} | {f.name for f in TASKS["study"].fusions}
+    assert set(r) == names | {PAIR}
+    assert {"fused", "fused_sum", "fused_calibrated_product", "fused_pool", "concat", "wb"} <= names
+    # Weight and Bias are the same models as in prtm2: adding models changes no one's keys.
+    base = run_seeds(dataclasses.replace(cfg, task="prtm2"))
+    for m in ("weight", "bias", "fused"):
+        np.testing.assert_allclose(r[m]["accuracy"], base[m]["accuracy"])
+    assert np.all(r["fused_calibrated_product"]["t_a"] > 0)
+    assert np.all(r["fused_pool"]["w_a"] >= 0)
+    assert np.all(
+        r[PAIR]["oracle_accuracy"] >= np.maximum(r["weight"]["accuracy"], r["bias"]["accuracy"])
+    )
+    assert r["fused"]["rel_count"].shape == (1, 2, 15)
+    np.testing.assert_array_equal(r["fused"]["rel_count"].sum(-1), 40)
+
+
+def test_fitted_rules_need_held_out_rows(tiny_cfg):
+    from prtm_jax.config import ConfigError
+    from prtm_jax.experiment import validate_config
+
+    with pytest.raises(ConfigError) as exc:
+        validate_config(dataclasses.replace(tiny_cfg, task="study"))
+    assert str(exc.value) == (
+        "data.n_val must be >= 1 for task=study (rules calibrated_product, pool are fitted on"
+        " held-out rows), got 0"
+    )
