@@ -161,6 +161,9 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
                 for point, t in zip(points, tables, strict=True)
             ]
         }
+    if cfg.dependence_seeds:
+        deps = experiment.view_dependence(cfg, cfg.dependence_seeds)
+        results.write_atomic(out_dir / "dependence.csv", lambda p: deps.to_csv(p, index=False))
     summary.update(task=cfg.task, seeds=cfg.seeds, seconds=round(seconds, 2), config=resolved)
     results.write_run(out_dir, df, summary, reliability)
     return summary

@@ -96,6 +96,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     matmul_precision: str = "highest"
+    dependence_seeds: int = 0
     progress: bool = True
 
 
@@ -158,6 +159,10 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
     )
     _choice("train.loss", t.loss, LOSS_REDUCTIONS)
     _choice("matmul_precision", cfg.matmul_precision, MATMUL_PRECISIONS)
+    _require(
+        0 <= cfg.dependence_seeds <= cfg.seeds,
+        f"dependence_seeds must be in 0..seeds ({cfg.seeds}), got {cfg.dependence_seeds}",
+    )
     for axis, values in grid_axes(cfg).items():
         _require(
             axis == "lr" or d.source == "blobs",

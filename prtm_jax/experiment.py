@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from prtm_jax import images, metrics, mlp
@@ -333,3 +334,29 @@ def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
         parts.append(jax.tree.map(lambda a, n=n_real: a[:, :n], out))
     merged = jax.tree.map(lambda *xs: np.concatenate(xs, axis=1), *parts)
     return {name: merged[name] for name in model_names(TASKS[cfg.task])}
+
+
+def view_dependence(cfg: Config, n_seeds: int, n_permutations: int = 199) -> pd.DataFrame:
+    """Dependence between the two views' training rows given the label, for the first n_seeds
+    seeds at every grid point (within-class Spearman, CMI, stratified permutation test)."""
+    from prtm_jax import dependence
+
+    key = static_key(cfg)
+    make = jax.jit(
+        jax.vmap(
+            lambda k, p: SOURCES[key.source](jax.random.fold_in(k, DATA_PURPOSE), p, key.shape),
+            in_axes=(0, None),
+        )
+    )
+    points = grid_points(cfg)
+    hp = grid_hparams(cfg, points)
+    keys = seed_keys(cfg.root_seed, np.arange(n_seeds))
+    rows = []
+    for g, point in enumerate(points):
+        data = jax.device_get(make(keys, jax.tree.map(lambda v, g=g: v[g], hp.data)))
+        for i in range(n_seeds):
+            dep = dependence.dependence(
+                data.x1_train[i], data.x2_train[i], data.y_train[i], n_permutations, seed=i
+            )
+            rows.append({"seed": i, **point, **dependence.summarize(dep)})
+    return pd.DataFrame(rows)

@@ -98,3 +98,20 @@ def test_fitted_rules_need_held_out_rows(tiny_cfg):
         "data.n_val must be >= 1 for task=study (rules calibrated_product, pool are fitted on"
         " held-out rows), got 0"
     )
+
+
+def test_view_dependence_sees_rho(tiny_cfg):
+    from prtm_jax.config import GridConfig
+    from prtm_jax.experiment import view_dependence
+
+    cfg = dataclasses.replace(
+        tiny_cfg,
+        data=DataConfig(n_train=400, n_test=40, view1_std=1.0),
+        grid=GridConfig(rho=[0.0, 0.9]),
+    )
+    deps = view_dependence(cfg, 2, n_permutations=99)
+    assert list(deps.rho) == [0.0, 0.0, 0.9, 0.9] and list(deps.seed) == [0, 1, 0, 1]
+    independent, dependent = deps[deps.rho == 0.0], deps[deps.rho == 0.9]
+    assert (dependent.perm_p <= 0.01).all()
+    assert (independent.perm_p > 0.01).all()
+    assert (dependent.spearman_within_mean_abs > 2 * independent.spearman_within_mean_abs).all()
