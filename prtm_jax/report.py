@@ -125,6 +125,8 @@ def analyse(long: pd.DataFrame) -> Analysis:
         long["job_status"] = "complete"
     if "status" not in long:
         long["status"] = "ok"
+    if "accuracy" not in long:  # e.g. a sweep none of whose jobs completed
+        long["accuracy"] = np.nan
     if {"cmi", "cmi_null"} <= set(long.columns):
         long["cmi_excess"] = long["cmi"] - long["cmi_null"]
     points = point_columns(long)
@@ -271,12 +273,12 @@ def _header(a: Analysis, title: str, notes: Sequence[str]) -> str:
             for m in models
         )
         lines.append(f"- Diverged rows per model (excluded from every statistic): {div}.")
-    if a.points:
+    if a.points and len(a.point_table):
         values = {c: a.point_table[c].drop_duplicates().sort_values() for c in a.points}
         axes = " x ".join(
             f"{c} in {{{', '.join(_value(v) for v in vs)}}}" for c, vs in values.items()
         )
-        lines.append(f"- Points: {len(a.point_table)} ({axes}).")
+        lines.append(f"- Points with results: {len(a.point_table)} ({axes}).")
     if "job" in a.done or len(a.incomplete):
         n_jobs = a.done["job"].nunique() + len(a.incomplete)
         lines.append(f"- Jobs: {n_jobs - len(a.incomplete)} of {n_jobs} complete.")
@@ -289,6 +291,15 @@ def _header(a: Analysis, title: str, notes: Sequence[str]) -> str:
         f"A finding says better or worse when the Holm sign-flip p < {ALPHA} and the CI of the "
         "mean difference excludes 0.",
     ]
+    if len(a.comparisons):
+        n = int(a.comparisons["n"].min())
+        floor = 2.0 / 2**n
+        if floor * len(a.comparisons) >= ALPHA:
+            lines.append(
+                f"\nWith n={n} seeds the smallest possible two-sided sign-flip p is {_p(floor)} "
+                f"(2/2^n); after Holm over {len(a.comparisons)} comparisons a verdict may need "
+                "more seeds."
+            )
     if len(a.incomplete):
         cols = ["job", "job_status", *(c for c in a.points if c in a.incomplete)]
         rows = [[_value(r[c]) for c in cols] for _, r in a.incomplete.iterrows()]
@@ -307,15 +318,22 @@ def _findings(a: Analysis) -> str:
         if len(g) == 1:
             row = g.iloc[0]
             verb = VERBS[_verdict(row)]
-            out.append(f"`{ma}` {verb} {_name(mb, row['best'])}: {_cmp_text(row)}.")
+            where = f" at {_label(row[a.points].to_dict())}" if a.points else ""
+            out.append(f"`{ma}` {verb} {_name(mb, row['best'])}{where}: {_cmp_text(row)}.")
             continue
         verdicts = g.apply(_verdict, axis=1)
         lo, hi = g.loc[g["diff"].idxmin()], g.loc[g["diff"].idxmax()]
+        if lo["diff"] == hi["diff"]:
+            extremes = f"the same mean difference at every point, {_cmp_text(lo)}"
+        else:
+            extremes = (
+                f"smallest {_cmp_text(lo)} at {_label(lo[a.points].to_dict())}, "
+                f"largest {_cmp_text(hi)} at {_label(hi[a.points].to_dict())}"
+            )
         out.append(
             f"`{ma}` - {_name(mb)}: better at {(verdicts == 'better').sum()}, worse at "
             f"{(verdicts == 'worse').sum()}, unclear at {(verdicts == 'unclear').sum()} of "
-            f"{len(g)} points; smallest {_cmp_text(lo)} at {_label(lo[a.points].to_dict())}, "
-            f"largest {_cmp_text(hi)} at {_label(hi[a.points].to_dict())}."
+            f"{len(g)} points; {extremes}."
         )
     if "rho" in _axes(a):
         out += _rho_findings(a)
