@@ -148,8 +148,8 @@ def analyse(long: pd.DataFrame) -> Analysis:
     metrics = [m for m in (*MODEL_METRICS, *PAIR_METRICS) if m in done and done[m].notna().any()]
     if metrics:
         summary, _ = stats.summarize(done, metrics=metrics, by=["_point"])
-    present = set(done.loc[done["status"] == "ok", "model"].dropna())
-    pairs = comparison_pairs(sorted(present))
+    present = done.loc[done["status"] == "ok", "model"].dropna().unique()  # seeds.csv's order
+    pairs = comparison_pairs(list(present))
     if pairs:
         table = _with_best(done, point_table)
         involved = {m for p in pairs for m in p}
@@ -518,18 +518,21 @@ def _fig_accuracy(a: Analysis, out_dir: Path) -> str:
         return ""
     models = _ordered(ok["model"].unique())
     groups, note = _panels(ok, ["_point"])
-    fig, axes = _grid(len(groups), 0.7 * len(models) + 1.2, 3.4)
+    ncols = max(1, min(4, 16 // len(models)))  # about 16 boxes per row of panels
+    fig, axes = _grid(len(groups), 0.6 * len(models) + 1.2, 3.8, ncols)
     jitter = np.random.default_rng(0)
     for ax, (key, sub) in zip(axes, groups, strict=True):
         data = [(m, sub.loc[sub["model"] == m, "accuracy"].to_numpy()) for m in models]
         data = [(m, x) for m, x in data if x.size]
-        labels = [f"{m}\nn={x.size}" for m, x in data]
+        labels = [f"{m} (n={x.size})" for m, x in data]
         ax.boxplot([x for _, x in data], tick_labels=labels, showfliers=False)
         for i, (_, x) in enumerate(data):
             ax.scatter(i + 1 + jitter.uniform(-0.15, 0.15, x.size), x, s=5, alpha=0.4)
         ax.set_title(_label(a.point_table.loc[key["_point"], a.points].to_dict()), fontsize=9)
         ax.set_ylabel("test accuracy")
-        ax.tick_params(axis="x", labelsize=7)
+        ax.tick_params(axis="x", labelsize=7, labelrotation=35)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
     _save(fig, out_dir / "fig_accuracy.png")
     return (
         "![accuracy distributions](fig_accuracy.png)\n\n"
@@ -699,7 +702,8 @@ def _fig_reliability(a: Analysis, reliability: pd.DataFrame | None, out_dir: Pat
     keys = [c for c in a.points if c in reliability] + ["model", "bin"]
     rel = reliability.groupby(keys, dropna=False, sort=True)[sums].sum().reset_index()
     rel = rel[(rel["count"] > 0) & (rel["model"] != PAIR)]
-    models = _ordered(rel["model"].unique())
+    drawn = set(rel["model"])
+    models = [m for m in _ordered([*a.done["model"].unique(), *drawn]) if m in drawn]
     fig, axes = _grid(len(models), 3.6, 3.6)
     lines = [c for c in a.points if c in rel]
     ok = a.done[a.done["status"] == "ok"]
