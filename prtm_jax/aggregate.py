@@ -23,6 +23,34 @@ import yaml
 from prtm_jax import results
 from prtm_jax.cli import ERROR_FILE, expand_jobs
 
+# Per-seed measurements in seeds.csv (never sweep axes).
+METRICS = frozenset(
+    {
+        "accuracy",
+        "nll",
+        "brier",
+        "ece",
+        "train_loss",
+        "follows_confident",
+        "follows_confident_disagree",
+        "t_a",
+        "t_b",
+        "w_a",
+        "w_b",
+        "yules_q",
+        "yules_q_within",
+        "correlation",
+        "correlation_within",
+        "disagreement",
+        "double_fault",
+        "mi",
+        "cmi",
+        "cmi_null",
+        "cmi_excess",
+        "oracle_accuracy",
+    }
+)
+
 
 def _column(key: str, taken: set[str]) -> str:
     last = key.lstrip("+~").rsplit(".", 1)[-1]
@@ -90,19 +118,23 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
 
 
 def point_columns(long: pd.DataFrame) -> list[str]:
-    """Columns that identify a sweep point: overrides and grid axes (not the seed or metrics)."""
-    fixed = {
-        "job",
-        "job_status",
-        "task",
-        "seed",
-        "model",
-        "status",
-        "accuracy",
-        "nll",
-        "train_loss",
-    }
-    return [c for c in long.columns if c not in fixed and long[c].nunique(dropna=False) > 1]
+    """Columns that name a point (grid axes, sweep overrides) and take more than one value.
+
+    Not an id or a metric; defined on every row of a complete job (metrics are NaN on some
+    rows, e.g. accuracy on the pair row, t_a on all but one fused row); and each value is
+    shared by several seeds (a point holds every seed; a continuous metric mostly does not).
+    """
+    done = long[long["job_status"] == "complete"] if "job_status" in long else long
+    ids = {"job", "job_status", "task", "seed", "model", "status", "_point"}
+    many_seeds = done["seed"].nunique() > 1 if len(done) else False
+    out = []
+    for c in long.columns:
+        if c in ids or c in METRICS or long[c].nunique(dropna=False) < 2 or done[c].isna().any():
+            continue
+        if many_seeds and done.groupby(c, dropna=False)["seed"].nunique().min() < 2:
+            continue
+        out.append(c)
+    return out
 
 
 def summarize_points(long: pd.DataFrame) -> pd.DataFrame:

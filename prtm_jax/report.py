@@ -23,7 +23,8 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from prtm_jax import results, stats
+from prtm_jax import aggregate, results, stats
+from prtm_jax.aggregate import point_columns
 
 REPORT_FILE = "report.md"
 RELIABILITY_FILE = "reliability.csv"
@@ -60,26 +61,6 @@ IDS = ("job", "job_status", "task", "seed", "model", "status", "_point")
 NOISE_AXES = ("view1_std", "view2_std", "rho", "view2_offset")  # heatmap axes, in preference
 MAX_PANELS = 16
 ALPHA = 0.05
-
-
-def point_columns(long: pd.DataFrame) -> list[str]:
-    """Columns that name a point (grid axes, sweep overrides) and take more than one value.
-
-    Not an id or a known metric; defined on every row of a complete job (metrics are NaN on
-    some rows, e.g. accuracy on the pair row); and each value is shared by several seeds
-    (a point holds every seed; a continuous metric mostly does not repeat).
-    """
-    done = long[long["job_status"] == "complete"] if "job_status" in long else long
-    known = {*IDS, *MODEL_METRICS, *PAIR_METRICS, *OTHER_METRICS}
-    many_seeds = done["seed"].nunique() > 1 if len(done) else False
-    out = []
-    for c in long.columns:
-        if c in known or long[c].nunique(dropna=False) < 2 or done[c].isna().any():
-            continue
-        if many_seeds and done.groupby(c, dropna=False)["seed"].nunique().min() < 2:
-            continue
-        out.append(c)
-    return out
 
 
 class Analysis(NamedTuple):
@@ -797,7 +778,6 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str
 
 def read_sweep(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
     """(long table from aggregate.collect, reliability of complete jobs or None, notes)."""
-    from prtm_jax import aggregate  # imports Hydra; only sweeps need it
 
     sweep_dir = Path(sweep_dir)
     long = aggregate.collect(sweep_dir)

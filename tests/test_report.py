@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib import image
 
-from prtm_jax import report, results, stats
+from prtm_jax import aggregate, report, results, stats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -221,7 +221,7 @@ def test_point_columns_are_axes_not_metrics():
     long = pd.concat([long, long.assign(lr=0.1)], ignore_index=True)
     long["brier"] = np.where(long.model == report.PAIR, np.nan, 0.2)
     long["new_metric"] = np.where(long.model == report.PAIR, np.nan, long.accuracy * 2)
-    assert report.point_columns(long) == ["lr"]
+    assert aggregate.point_columns(long) == ["lr"]
 
 
 def test_comparison_pairs_cover_whichever_models_exist():
