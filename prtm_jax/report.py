@@ -722,12 +722,14 @@ def build_report(
     title: str,
     reliability: pd.DataFrame | None = None,
     notes: Sequence[str] = (),
+    views: pd.DataFrame | None = None,
 ) -> Path:
     """Write out_dir/report.md and its PNG figures from a long table; returns report.md's path.
 
     `long` is seeds.csv's table (optionally with job/job_status and override columns, as from
     aggregate.collect); `reliability` has columns model, bin, count, conf_sum, correct_sum
-    (and any point columns); `notes` are extra lines for the header.
+    (and any point columns); `notes` are extra lines for the header; `views` is a run's
+    dependence.csv (the two views' dependence given the label, per seed and point).
     """
     out_dir = Path(out_dir)
     a = analyse(long)
@@ -756,11 +758,56 @@ def build_report(
                 "(either model right) is a ceiling for any fusion rule.",
                 _dependence_table(a),
             ]
+        if views is not None and len(views):
+            parts += [
+                "## Dependence between the two views (the data)",
+                "Per seed, on the training rows: Spearman correlation between the views' "
+                "columns within each class (matching columns, and the mean abs(r) over all column "
+                "pairs), the kNN conditional mutual information given the label minus its level "
+                "after within-class shuffles, and a stratified permutation test (view 2 shuffled "
+                "within class; statistic = mean squared within-class Spearman).",
+                _views_table(views),
+            ]
         parts += ["## Reliability", _fig_reliability(a, reliability, out_dir)]
     text = "\n\n".join(p for p in parts if p) + "\n"
     path = out_dir / REPORT_FILE
     results.write_atomic(path, lambda p: p.write_text(text))
     return path
+
+
+def _views_table(views: pd.DataFrame) -> str:
+    axes = [c for c in views.columns if c in aggregate.point_columns(views.assign(model="v"))]
+    head = [
+        *axes,
+        "n",
+        "Spearman within (matching)",
+        "mean abs Spearman within",
+        "mean abs Spearman pooled",
+        "CMI - null (nats)",
+        "median perm p",
+        "seeds p < 0.05",
+    ]
+    rows = []
+    groups = views.groupby(axes, sort=False) if axes else [((), views)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        cells = [f"{v:g}" for v in key] + [str(len(g))]
+        cols = [
+            g.get("spearman_within_matching"),
+            g["spearman_within_mean_abs"],
+            g["spearman_pooled_mean_abs"],
+            g["cmi_mean"] - g["cmi_null"],
+        ]
+        for col in cols:
+            if col is None:
+                cells.append("")
+                continue
+            d = stats.describe(col.to_numpy())
+            cells.append(f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+        cells += [f"{g.perm_p.median():.3g}", f"{(g.perm_p < 0.05).sum()}/{len(g)}"]
+        rows.append(cells)
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def read_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
@@ -805,5 +852,7 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    path = build_report(long, d, f"Report: {kind} `{d}`", reliability, notes)
+    views = d / "dependence.csv"
+    views = pd.read_csv(views) if views.is_file() else None
+    path = build_report(long, d, f"Report: {kind} `{d}`", reliability, notes, views)
     print(path)

@@ -238,3 +238,28 @@ def test_comparison_pairs_cover_whichever_models_exist():
     ]
     assert report.comparison_pairs(["weight", "bias", "fused"]) == [("fused", b)]
     assert report.comparison_pairs(["mlp"]) == []
+
+
+def test_view_dependence_section_summarises_dependence_csv(tmp_path):
+    rng = np.random.default_rng(3)
+    _seeds(rng, n=8).to_csv(tmp_path / results.SEEDS_FILE, index=False)
+    views = pd.DataFrame(
+        {
+            "seed": np.tile(np.arange(4), 2),
+            "rho": np.repeat([0.0, 0.8], 4),
+            "spearman_within_mean_abs": np.r_[rng.uniform(0, 0.02, 4), rng.uniform(0.2, 0.3, 4)],
+            "spearman_pooled_mean_abs": rng.uniform(0, 0.3, 8),
+            "cmi_mean": rng.uniform(0, 0.1, 8),
+            "cmi_null": np.full(8, 0.02),
+            "perm_p": [0.4, 0.7, 0.03, 0.9, 0.005, 0.005, 0.005, 0.005],
+        }
+    )
+    views.to_csv(tmp_path / "dependence.csv", index=False)
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Dependence between the two views (the data)")[1].split("## ")[0]
+    rows = [r for r in section.splitlines() if r.startswith("| 0") or r.startswith("| 0.8")]
+    assert len(rows) == 2
+    hi = stats.describe(views.spearman_within_mean_abs[4:].to_numpy())
+    assert f"{hi['mean']:+.4f} [{hi['ci95'][0]:+.4f}, {hi['ci95'][1]:+.4f}]" in rows[1]
+    assert rows[0].endswith("| 0.55 | 1/4 |") and rows[1].endswith("| 0.005 | 4/4 |")
