@@ -130,6 +130,11 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
         _positive(f"data.{name}", getattr(d, name))
     _require(d.n_val >= 0, f"data.n_val must be an integer >= 0, got {d.n_val}")
     _require(0.0 <= d.rho <= 1.0, f"data.rho must be in [0, 1], got {d.rho}")
+    rho_used = d.rho > 0 or bool(cfg.grid.rho)
+    _require(
+        not rho_used or d.n_features >= d.n_classes,
+        f"data.rho > 0 needs data.n_features >= data.n_classes ({d.n_classes}), got {d.n_features}",
+    )
     _choice("data.weight_metric", d.weight_metric, WEIGHT_METRICS)
     _require(d.pixel_noise >= 0, f"data.pixel_noise must be >= 0, got {d.pixel_noise}")
     _require(

@@ -9,11 +9,14 @@ test row repeats a training row: the seed's leakage (both splits from `random_st
 
 Dependence between the views, given the label, is set by `rho` in [0, 1]. View 2's standard
 noise in class column k is `rho * u_k + sqrt(1 - rho^2) * e_k`, where `e_k` is its own N(0, 1)
-draw and `u_k = z . d_k` is view 1's standard noise `z` projected on the unit direction `d_k`
-from the mean of the centres to centre k, also N(0, 1). So every view-2 entry keeps its
-marginal N(view2_mean, view2_std) law for every rho, while its correlation with "view 1 was
-pushed towards class k" is rho: when view 1 errs towards class k, view 2 leans the same way.
-`rho = 0` is the seed's independent views (and the same draws as without rho).
+draw and `u = M z` is view 1's standard noise `z` (n_features,) seen along K orthonormal
+directions: M (K, F) is the orthonormal polar factor of the directions from the mean of the
+centres to each centre, so u_k measures how far view 1's noise pushes the row towards class k.
+The rows of M are orthonormal, so u ~ N(0, I_K) and view 2 on its own has exactly the same law
+for every rho (the Bias model's task does not change); only its dependence on view 1 does:
+when view 1 errs towards class k, view 2 leans the same way with correlation rho. `rho = 0` is
+the seed's independent views (the same draws as without rho). rho > 0 needs
+n_features >= n_classes.
 """
 
 from __future__ import annotations
@@ -67,9 +70,7 @@ def make_two_view(key: jax.Array, p: DataParams, shape: DataShape) -> TwoView:
     y_N = jax.random.permutation(k_label, jnp.arange(n, dtype=jnp.int32) % shape.n_classes)
     z_NF = jax.random.normal(k_v1, (n, shape.n_features))
     x1_NF = centres_KF[y_N] + p.view1_std * z_NF
-    dir_KF = centres_KF - centres_KF.mean(0)
-    dir_KF = dir_KF / jnp.linalg.norm(dir_KF, axis=1, keepdims=True)
-    u_NK = z_NF @ dir_KF.T
+    u_NK = z_NF @ orthonormal_directions(centres_KF).T
     e_NK = jax.random.normal(k_v2, (n, shape.n_classes))
     noise_NK = p.rho * u_NK + jnp.sqrt(1.0 - jnp.square(p.rho)) * e_NK
     onehot_NK = jax.nn.one_hot(y_N, shape.n_classes, dtype=jnp.float32)
@@ -78,3 +79,10 @@ def make_two_view(key: jax.Array, p: DataParams, shape: DataShape) -> TwoView:
     x2_NK = jnp.where(x2_NK < 0, jnp.asarray(p.clip_floor, jnp.float32), x2_NK)
     s = shape.n_train
     return TwoView(x1_NF[:s], x2_NK[:s], y_N[:s], x1_NF[s:], x2_NK[s:], y_N[s:])
+
+
+def orthonormal_directions(centres_KF: jax.Array) -> jax.Array:
+    """M (K, F) with orthonormal rows closest to the directions from the centres' mean to each
+    centre (the polar factor U V^T of their SVD); needs F >= K."""
+    u_KK, _, vt_KF = jnp.linalg.svd(centres_KF - centres_KF.mean(0), full_matrices=False)
+    return u_KK @ vt_KF
