@@ -89,7 +89,7 @@ class Config:
     task: str = "prtm2"
     seeds: int = 64
     root_seed: int = 0
-    seed_chunk: int = 0
+    seed_chunk: int = 64
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -120,7 +120,7 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
     """Check every user-settable value; raise ConfigError with a one-line message."""
     _choice("task", cfg.task, tasks)
     _positive("seeds", cfg.seeds, integer=True)
-    _require(cfg.seed_chunk >= 0, f"seed_chunk must be >= 0 (0 = all seeds), got {cfg.seed_chunk}")
+    _positive("seed_chunk", cfg.seed_chunk, integer=True)
     d = cfg.data
     _choice("data.source", d.source, DATA_SOURCES)
     for name in ("n_train", "n_test", "n_features"):

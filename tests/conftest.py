@@ -13,6 +13,7 @@ from prtm_jax.config import Config, DataConfig, ModelConfig, TrainConfig
 def tiny_cfg() -> Config:
     return Config(
         seeds=3,
+        seed_chunk=4,
         data=DataConfig(n_train=96, n_test=40),
         model=ModelConfig(hidden=[8]),
         train=TrainConfig(epochs=3, batch_size=32),
