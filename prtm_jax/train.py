@@ -1,8 +1,11 @@
 """Training as one pure function of a key: `make_train(spec)` -> `train(key, x, y, lr)`.
 
-Epochs and minibatches are nested `lax.scan`s. The last, partial batch (2000 rows in batches of
-32 leave 16) is padded and masked, so every step sees exactly the seed's rows and the seed's
-6,300 steps are reproduced. The learning rate is traced, so a sweep over it does not recompile.
+Epochs and minibatches are nested `lax.scan`s. Each step slices its batch straight out of the
+training rows, so no padded or reordered copy of the data is ever made (docs/performance.md).
+The last, partial batch (2000 rows in batches of 32 leave 16) is the final `batch_size` rows
+with the ones already used this epoch masked out, so every step sees exactly the seed's rows
+and the seed's 6,300 steps are reproduced. The learning rate is traced, so a sweep over it does
+not recompile.
 """
 
 from __future__ import annotations
@@ -69,35 +72,36 @@ def make_train(
 
     def train(key: jax.Array, x_ND: jax.Array, y_N: jax.Array, lr: jax.Array | float) -> TrainOut:
         n = x_ND.shape[0]
+        if batch > n:
+            raise ValueError(f"batch_size ({batch}) must be <= the number of training rows ({n})")
         n_batches = -(-n // batch)
-        pad = n_batches * batch - n
         k_init, k_order = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
         params = mlp.init(k_init, (x_ND.shape[1], *spec.sizes[1:]), spec.init, spec.film_split)
         opt = make_optimizer(spec.optimizer, lr)
-        mask_N = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)])
 
         def epoch(carry, k_epoch):
             params, opt_state = carry
-            if spec.shuffle:
-                order = jax.random.permutation(k_epoch, n)
-                x_use, y_use = x_ND[order], y_N[order]
-            else:
-                x_use, y_use = x_ND, y_N
-            x_pad = jnp.concatenate([x_use, jnp.zeros((pad, x_ND.shape[1]), x_ND.dtype)])
-            y_pad = jnp.concatenate([y_use, jnp.zeros((pad,), y_N.dtype)])
-            xs = (
-                x_pad.reshape(n_batches, batch, -1),
-                y_pad.reshape(n_batches, batch),
-                mask_N.reshape(n_batches, batch),
-            )
+            order_N = jax.random.permutation(k_epoch, n) if spec.shuffle else None
 
-            def step(carry, xs_b):
+            def step(carry, i):
                 params, opt_state = carry
-                grads, total = grad_fn(params, *xs_b)
+                # Batch i is rows [i*batch, (i+1)*batch) of this epoch's order; the slice starts
+                # early enough to stay in bounds, and rows before i*batch are masked out.
+                start = jnp.minimum(i * batch, n - batch)
+                m_B = (start + jnp.arange(batch) >= i * batch).astype(x_ND.dtype)
+                if spec.shuffle:
+                    rows_B = jax.lax.dynamic_slice_in_dim(order_N, start, batch)
+                    x_BD, y_B = x_ND[rows_B], y_N[rows_B]
+                else:
+                    x_BD = jax.lax.dynamic_slice_in_dim(x_ND, start, batch)
+                    y_B = jax.lax.dynamic_slice_in_dim(y_N, start, batch)
+                grads, total = grad_fn(params, x_BD, y_B, m_B)
                 updates, opt_state = opt.update(grads, opt_state, params)
                 return (optax.apply_updates(params, updates), opt_state), total
 
-            (params, opt_state), totals = jax.lax.scan(step, (params, opt_state), xs)
+            (params, opt_state), totals = jax.lax.scan(
+                step, (params, opt_state), jnp.arange(n_batches)
+            )
             return (params, opt_state), totals.sum() / n
 
         keys = jax.random.split(k_order, spec.epochs)

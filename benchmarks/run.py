@@ -1,0 +1,521 @@
+"""prtm_jax's vmapped trainer against the seed's NumPy loop, scikit-learn and PyTorch.
+
+One command times everything on one machine, on the reference workload (the seed's: MLP
+10 -> 64 -> 32 -> 10, ReLU, 2,000 rows, batches of 32 in order, 100 epochs = 6,300 SGD steps):
+
+    python -m benchmarks.run                     # seeds 1,16,256,1024 on CPU
+    python -m benchmarks.run --quick             # 2 epochs, tiny sizes: a smoke test
+    python -m benchmarks.run --device gpu --seeds 256,1024,4096
+
+Each measurement runs in its own subprocess, so its compile time, run time and peak memory are
+its own. Prints a table (ms per model, models/s, GFLOP/s, ratio to the NumPy loop, compile
+time, peak memory) and writes results.json and time_per_model.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import median
+
+SIZES = (10, 64, 32, 10)
+N_TRAIN = 2000
+BATCH = 32
+LR = 0.005
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def flop_per_model(epochs: int) -> float:
+    """Matmul FLOPs of one training run: forward, plus twice that for the backward pass."""
+    steps = epochs * -(-N_TRAIN // BATCH)
+    forward = 2 * BATCH * sum(a * b for a, b in itertools.pairwise(SIZES))
+    return 3.0 * forward * steps
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _repeat(fn, min_total_s: float = 10.0, max_runs: int = 3) -> list[float]:
+    """Wall times of fn(): at least one run, more while the total stays under min_total_s."""
+    times: list[float] = []
+    while not times or (len(times) < max_runs and sum(times) < min_total_s):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+# --- workers: each runs in its own process and returns one JSON-able dict ----------------------
+
+
+def _start_jax(device: str, cpu_devices: int):
+    if device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+
+    if device == "cpu":
+        jax.config.update("jax_num_cpu_devices", cpu_devices)
+    return jax
+
+
+def _reference_data(jax, n_seeds: int):
+    """View 1 (the Weight model's input) of the prtm2 experiment's first n_seeds replicates."""
+    import numpy as np
+
+    from prtm_jax.config import Config
+    from prtm_jax.data import DataShape, make_two_view
+    from prtm_jax.experiment import DATA_PURPOSE, hparams, seed_keys
+
+    cfg = Config()
+    hp, d = hparams(cfg), cfg.data
+    shape = DataShape(N_TRAIN, d.n_test, d.n_classes, d.n_features)
+    keys = seed_keys(cfg.root_seed, np.arange(n_seeds))
+
+    def one(k):
+        data = make_two_view(jax.random.fold_in(k, DATA_PURPOSE), hp.data, shape)
+        return data.x1_train, data.y_train
+
+    x_SND, y_SN = jax.jit(jax.vmap(one))(keys)
+    return keys, x_SND, y_SN
+
+
+def worker_data(a: dict) -> dict:
+    import numpy as np
+
+    jax = _start_jax("cpu", 1)
+    _, x, y = _reference_data(jax, a["seeds"])
+    np.savez(a["path"], x=np.asarray(x), y=np.asarray(y))
+    return {}
+
+
+def _seed_mesh(jax, device: str, seeds: int, max_devices: int):
+    """The most `device` devices (up to max_devices, 0: all) that divide the seeds evenly."""
+    import numpy as np
+    from jax.sharding import Mesh
+
+    devices = jax.devices(device)[: max_devices or None]
+    n_dev = max(k for k in range(1, len(devices) + 1) if seeds % k == 0)
+    return Mesh(np.array(devices[:n_dev]), ("seed",))
+
+
+def grouped(jax, fn, mesh, group: int, n_shared: int = 0):
+    """fn(per-seed args..., *shared) over a leading seed axis, as this machine runs it fastest.
+
+    Seeds are sharded over the mesh's devices (each device runs its own shard, no per-op
+    synchronisation) and, within a device, trained `group` at a time (lax.map over vmapped
+    groups), which keeps one step's arrays in cache: on one core a step costs 12.8 us per seed
+    at 32 seeds and 25 us at 1,024 (docs/performance.md). group=0 is plain vmap.
+    """
+    from jax.sharding import PartitionSpec
+
+    def local(*args):
+        per_seed, shared = args[: len(args) - n_shared], args[len(args) - n_shared :]
+        if not group:
+            return jax.vmap(lambda *a: fn(*a, *shared))(*per_seed)
+        return jax.lax.map(lambda a: fn(*a, *shared), per_seed, batch_size=group)
+
+    def run(*args):
+        seed = PartitionSpec("seed")
+        specs = (seed,) * (len(args) - n_shared) + (PartitionSpec(),) * n_shared
+        return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=seed)(*args)
+
+    return jax.jit(run)
+
+
+def worker_jax(a: dict) -> dict:
+    """prtm_jax's trainer over `seeds` seeds, each with its own data replicate."""
+    import numpy as np
+
+    jax = _start_jax(a["device"], a["cpu_devices"])
+    from prtm_jax.train import TrainSpec, make_train
+
+    mesh = _seed_mesh(jax, a["device"], a["seeds"], a["max_devices"])
+    keys, x, y = _reference_data(jax, a["seeds"])
+    spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=a["epochs"], batch_size=BATCH)
+    train = grouped(jax, make_train(spec), mesh, a["group"], n_shared=1)
+    t = time.perf_counter()
+    compiled = train.lower(keys, x, y, LR).compile()
+    compile_s = time.perf_counter() - t
+    out = {}
+
+    def run():
+        out["fit"] = jax.block_until_ready(compiled(keys, x, y, LR))
+
+    times = _repeat(run)
+    stats = mesh.devices.flat[0].memory_stats() or {}
+    return {
+        "compile_s": compile_s,
+        "run_s": median(times),
+        "runs_s": times,
+        "devices": mesh.devices.size,
+        "device_kind": mesh.devices.flat[0].device_kind,
+        "device_peak_bytes": stats.get("peak_bytes_in_use"),
+        "final_loss": float(np.mean(out["fit"].loss_E[:, -1])),
+    }
+
+
+def _load(path: str, n: int):
+    import numpy as np
+
+    data = np.load(path)
+    return data["x"][:n], data["y"][:n]
+
+
+def worker_numpy(a: dict) -> dict:
+    import numpy as np
+
+    from benchmarks.baselines import numpy_sgd, seed_init
+
+    x, y = _load(a["path"], a["models"])
+    times = []
+    for i in range(a["models"]):
+        params = seed_init(np.random.default_rng(i), SIZES)
+        t = time.perf_counter()
+        numpy_sgd(params, x[i], y[i], lr=LR, epochs=a["epochs"], batch_size=BATCH)
+        times.append(time.perf_counter() - t)
+    return {"run_s": sum(times), "per_model_s": median(times), "runs_s": times}
+
+
+def worker_sklearn(a: dict) -> dict:
+    from benchmarks.baselines import sklearn_fit
+
+    x, y = _load(a["path"], a["models"])
+
+    def fit(i: int, epochs: int):
+        kw = {"hidden": SIZES[1:-1], "lr": LR, "batch_size": BATCH, "seed": i}
+        return sklearn_fit(x[i], y[i], epochs=epochs, **kw)
+
+    fit(0, 1)  # the first fit pays ~1 s of one-time set-up
+    times = []
+    for i in range(a["models"]):
+        t = time.perf_counter()
+        fit(i, a["epochs"])
+        times.append(time.perf_counter() - t)
+    return {"run_s": sum(times), "per_model_s": median(times), "runs_s": times}
+
+
+def worker_torch_eager(a: dict) -> dict:
+    import torch
+
+    from benchmarks.torch_baselines import eager_fit
+
+    torch.set_num_threads(a["threads"])
+    x, y = _load(a["path"], 1)
+    eager_fit(x[0], y[0], sizes=SIZES, lr=LR, epochs=1, batch=BATCH)  # one-time set-up
+    t = time.perf_counter()
+    eager_fit(x[0], y[0], sizes=SIZES, lr=LR, epochs=a["epochs"], batch=BATCH)
+    run_s = time.perf_counter() - t
+    return {"run_s": run_s, "per_model_s": run_s}
+
+
+def worker_torch_vmap(a: dict) -> dict:
+    import torch
+
+    from benchmarks.torch_baselines import vmap_fit
+
+    torch.set_num_threads(a["threads"])
+    x, y = _load(a["path"], a["seeds"])
+    vmap_fit(x, y, sizes=SIZES, lr=LR, epochs=1, batch=BATCH)  # one-time set-up
+    t = time.perf_counter()
+    vmap_fit(x, y, sizes=SIZES, lr=LR, epochs=a["epochs"], batch=BATCH)
+    run_s = time.perf_counter() - t
+    return {"run_s": run_s, "per_model_s": run_s / a["seeds"]}
+
+
+def worker_experiment(a: dict) -> dict:
+    """The prtm2 experiment (data, Weight and Bias models, fusion, metrics) for `seeds` seeds.
+
+    group < 0 is `run_seeds` exactly as the CLI calls it; group >= 0 is the runner proposed in
+    docs/performance.md: the same per-seed `make_run`, through `grouped`.
+    """
+    import numpy as np
+
+    jax = _start_jax(a["device"], a["cpu_devices"])
+    from prtm_jax.config import Config, TrainConfig
+    from prtm_jax.experiment import hparams, make_run, run_seeds, seed_keys
+
+    cfg = Config(seeds=a["seeds"], seed_chunk=a["chunk"], train=TrainConfig(epochs=a["epochs"]))
+    t = time.perf_counter()
+    if a["group"] < 0:
+        res = run_seeds(cfg)
+    else:
+        mesh = _seed_mesh(jax, a["device"], cfg.seeds, a["max_devices"])
+        run = grouped(jax, make_run(cfg), mesh, a["group"], n_shared=1)
+        res = jax.device_get(run(seed_keys(cfg.root_seed, np.arange(cfg.seeds)), hparams(cfg)))
+    run_s = time.perf_counter() - t
+    return {
+        "run_s": run_s,
+        "jax_devices": str(jax.devices()),
+        "accuracy": {m: float(np.mean(v["accuracy"])) for m, v in res.items()},
+    }
+
+
+WORKERS = {
+    "data": worker_data,
+    "jax": worker_jax,
+    "numpy": worker_numpy,
+    "sklearn": worker_sklearn,
+    "torch_eager": worker_torch_eager,
+    "torch_vmap": worker_torch_vmap,
+    "experiment": worker_experiment,
+}
+
+
+def _worker_main(spec: str) -> None:
+    a = json.loads(spec)
+    res = WORKERS[a["kind"]](a)
+    res.update(peak_rss_bytes=_peak_rss(), loadavg=os.getloadavg())
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+def _spawn(python: str, a: dict, env: dict[str, str]) -> dict:
+    """Run one worker in a fresh process; its wall time includes interpreter start and imports."""
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [python, "-m", "benchmarks.run", "--worker", json.dumps(a)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"worker {a['kind']} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {**json.loads(lines[-1][len("RESULT ") :]), "process_wall_s": wall}
+
+
+def _has_torch(python: str) -> bool:
+    probe = subprocess.run([python, "-c", "import torch"], capture_output=True)
+    return probe.returncode == 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--seeds", default="1,16,256,1024", help="seed counts for prtm_jax's trainer")
+    p.add_argument("--device", default="cpu", help="cpu, gpu or tpu (prtm_jax rows only)")
+    p.add_argument(
+        "--variants",
+        default="plain,tuned",
+        help="plain: jit(vmap) on one device, default XLA flags (run_seeds today);\n"
+        "tuned: seeds sharded over all devices (on CPU: one device per core), trained\n"
+        "--group at a time, XLA backend optimisation level 1 on CPU",
+    )
+    p.add_argument("--group", type=int, default=16, help="seeds per lax.map step (tuned, CPU)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--out", default="outputs/benchmarks", help="directory for JSON and PNG")
+    p.add_argument("--quick", action="store_true", help="2 epochs, tiny sizes (a smoke test)")
+    p.add_argument("--numpy-models", type=int, default=3)
+    p.add_argument("--sklearn-models", type=int, default=2)
+    p.add_argument("--torch-python", default=None, help="python with torch (default: this one)")
+    p.add_argument("--torch-seeds", type=int, default=128, help="models in the torch.func.vmap row")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (1: on a busy 2-core machine 2 threads ran 50x slower)",
+    )
+    p.add_argument("--e2e-seeds", type=int, default=256, help="prtm2 end to end (0: skip)")
+    p.add_argument("--memory-seeds", type=int, default=4096, help="prtm2 peak memory (0: skip)")
+    p.add_argument("--memory-chunk", type=int, default=512, help="seed_chunk of plain's memory run")
+    p.add_argument("--memory-epochs", type=int, default=1, help="memory does not grow with epochs")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.seeds = 2, "1,4"
+        args.numpy_models = args.sklearn_models = 1
+        args.torch_seeds, args.e2e_seeds, args.memory_seeds = 4, 4, 0
+    return args
+
+
+def variant_settings(name: str, args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    """(worker arguments, environment) of a prtm_jax variant."""
+    cpu = args.device == "cpu"
+    if name == "plain":
+        return {"cpu_devices": 1, "max_devices": 1, "group": 0}, {}
+    if name == "tuned":
+        env = {"XLA_FLAGS": "--xla_backend_optimization_level=1"} if cpu else {}
+        # Accelerators have no small cache to stay inside: one vmap over the device's seeds.
+        settings = {"cpu_devices": os.cpu_count() or 1, "max_devices": 0}
+        return {**settings, "group": args.group if cpu else 0}, env
+    raise SystemExit(f"--variants: {name!r} is not one of: plain, tuned")
+
+
+def _row(name: str, seeds: int, models: int, res: dict, flop: float, **extra) -> dict:
+    per_model = res.get("per_model_s", res["run_s"] / models)
+    return {
+        "name": name,
+        "seeds": seeds,
+        "models": models,
+        "compile_s": res.get("compile_s"),
+        "run_s": res["run_s"],
+        "ms_per_model": 1e3 * per_model,
+        "models_per_s": 1.0 / per_model,
+        "gflops": flop / per_model / 1e9,
+        "peak_rss_mib": res["peak_rss_bytes"] / 2**20,
+        "raw": res,
+        **extra,
+    }
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    flop = flop_per_model(args.epochs)
+    py = sys.executable
+    data_path = str(out / "workload.npz")
+    n_data = max(args.numpy_models, args.sklearn_models, args.torch_seeds, 1)
+    _spawn(py, {"kind": "data", "seeds": n_data, "path": data_path}, {})
+    common = {"epochs": args.epochs, "path": data_path}
+    rows = []
+
+    def note(row):
+        rows.append(row)
+        print(f"  {row['name']:<34} {row['ms_per_model']:9.2f} ms/model", flush=True)
+
+    res = _spawn(py, {"kind": "numpy", "models": args.numpy_models, **common}, {})
+    note(_row("numpy loop (seed, float64)", 1, args.numpy_models, res, flop))
+    res = _spawn(py, {"kind": "sklearn", "models": args.sklearn_models, **common}, {})
+    note(_row("scikit-learn MLPClassifier", 1, args.sklearn_models, res, flop))
+    torch_py = args.torch_python or py
+    if _has_torch(torch_py):
+        common = {**common, "threads": args.torch_threads}
+        res = _spawn(torch_py, {"kind": "torch_eager", **common}, {})
+        note(_row("pytorch eager loop", 1, 1, res, flop))
+        res = _spawn(torch_py, {"kind": "torch_vmap", "seeds": args.torch_seeds, **common}, {})
+        note(_row("pytorch torch.func.vmap", args.torch_seeds, args.torch_seeds, res, flop))
+    else:
+        print(f"  (no torch in {torch_py}: PyTorch rows skipped; see --torch-python)")
+    for variant in args.variants.split(","):
+        settings, env = variant_settings(variant, args)
+        jax_args = {"device": args.device, "epochs": args.epochs, **settings}
+        for s in seeds:
+            res = _spawn(py, {"kind": "jax", "seeds": s, **jax_args}, env)
+            name = f"prtm_jax {variant}, {s} seeds"
+            note(_row(name, s, s, res, flop, variant=variant, devices=res["devices"]))
+        # The experiment: plain is run_seeds as the CLI calls it (group -1), tuned the proposal.
+        exp_args = {**jax_args, "group": -1 if variant == "plain" else settings["group"]}
+        if args.e2e_seeds:
+            a = {"kind": "experiment", "seeds": args.e2e_seeds, "chunk": 0, **exp_args}
+            res = _spawn(py, a, env)
+            # As a user runs it: interpreter start, imports, compile, data, 2 models per seed.
+            res = {**res, "run_s": res["process_wall_s"]}
+            name = f"prtm2 end to end {variant}, {args.e2e_seeds}"
+            note(_row(name, args.e2e_seeds, 2 * args.e2e_seeds, res, flop, variant=variant))
+        if args.memory_seeds:
+            chunk = args.memory_chunk if variant == "plain" else 0
+            a = {"kind": "experiment", "seeds": args.memory_seeds, "chunk": chunk, **exp_args}
+            res = _spawn(py, {**a, "epochs": args.memory_epochs}, env)
+            name = f"memory {variant}: {args.memory_seeds} seeds, chunk {chunk}"
+            m = 2 * args.memory_seeds
+            note(_row(name, args.memory_seeds, m, res, flop_per_model(args.memory_epochs)))
+    numpy_ms = rows[0]["ms_per_model"]
+    for r in rows:
+        r["x_numpy"] = numpy_ms / r["ms_per_model"]
+    return {
+        "machine": _machine(),
+        "workload": {
+            "sizes": SIZES,
+            "n_train": N_TRAIN,
+            "batch": BATCH,
+            "lr": LR,
+            "epochs": args.epochs,
+            "gflop_per_model": flop / 1e9,
+        },
+        "args": {k: v for k, v in vars(args).items() if k != "worker"},
+        "rows": rows,
+    }
+
+
+def _machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def print_table(result: dict) -> None:
+    w = result["workload"]
+    print(
+        f"\nworkload: MLP {w['sizes']}, {w['n_train']} rows, batch {w['batch']}, "
+        f"{w['epochs']} epochs, {w['gflop_per_model']:.2f} GFLOP/model; {result['machine']}"
+    )
+    head = (
+        f"{'method':<40}{'ms/model':>10}{'models/s':>10}{'GFLOP/s':>9}{'x NumPy':>9}"
+        f"{'compile s':>10}{'run s':>9}{'peak MiB':>10}"
+    )
+    print(f"prtm_jax rows on {result['args']['device']}; variants: see --help")
+    print(head + "\n" + "-" * len(head))
+    for r in result["rows"]:
+        comp = f"{r['compile_s']:.2f}" if r["compile_s"] is not None else "-"
+        print(
+            f"{r['name']:<40}{r['ms_per_model']:>10.2f}{r['models_per_s']:>10.1f}"
+            f"{r['gflops']:>9.1f}{r['x_numpy']:>9.2f}{comp:>10}{r['run_s']:>9.2f}"
+            f"{r['peak_rss_mib']:>10.0f}"
+        )
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ticks = set()
+    for variant in result["args"]["variants"].split(","):
+        vr = [r for r in rows if r["name"].startswith(f"prtm_jax {variant},")]
+        ticks |= {r["seeds"] for r in vr}
+        x = [r["seeds"] for r in vr]
+        line = ax.plot(x, [r["ms_per_model"] for r in vr], "o-", label=f"prtm_jax {variant}: run")
+        with_compile = [r["ms_per_model"] + 1e3 * r["compile_s"] / r["models"] for r in vr]
+        ax.plot(x, with_compile, "o--", color=line[0].get_color(), label=f"{variant}: + compile")
+    for r in rows:
+        if r["name"].startswith(("numpy", "scikit", "pytorch eager")):
+            ax.axhline(r["ms_per_model"], ls=":", color="gray")
+            ax.annotate(r["name"], (min(ticks), r["ms_per_model"]), fontsize=8, va="bottom")
+        elif r["name"].startswith(("pytorch", "prtm2 end")):
+            ax.plot([r["seeds"]], [r["ms_per_model"]], "s", label=r["name"])
+    ax.set(xscale="log", yscale="log", xlabel="seeds (models trained at once)")
+    ax.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
+    ax.minorticks_off()
+    ax.set(ylabel="ms per model", title="Time per model, reference workload")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    if args.worker:
+        _worker_main(args.worker)
+        return None
+    result = run_all(args)
+    print_table(result)
+    out = Path(args.out)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "time_per_model.png")
+    print(f"\nwrote {out / 'results.json'} and {out / 'time_per_model.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
