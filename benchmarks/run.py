@@ -241,7 +241,7 @@ def worker_experiment(a: dict) -> dict:
 
     jax = _start_jax(a["device"], a["cpu_devices"])
     from prtm_jax.config import Config, TrainConfig
-    from prtm_jax.experiment import hparams, make_run, run_seeds, seed_keys
+    from prtm_jax.experiment import hparams, make_run, run_seeds, seed_keys, static_key
 
     cfg = Config(seeds=a["seeds"], seed_chunk=a["chunk"], train=TrainConfig(epochs=a["epochs"]))
     t = time.perf_counter()
@@ -249,13 +249,13 @@ def worker_experiment(a: dict) -> dict:
         res = run_seeds(cfg)
     else:
         mesh = _seed_mesh(jax, a["device"], cfg.seeds, a["max_devices"])
-        run = grouped(jax, make_run(cfg), mesh, a["group"], n_shared=1)
+        run = grouped(jax, make_run(static_key(cfg)), mesh, a["group"], n_shared=1)
         res = jax.device_get(run(seed_keys(cfg.root_seed, np.arange(cfg.seeds)), hparams(cfg)))
     run_s = time.perf_counter() - t
     return {
         "run_s": run_s,
         "jax_devices": str(jax.devices()),
-        "accuracy": {m: float(np.mean(v["accuracy"])) for m, v in res.items()},
+        "accuracy": {m: float(np.mean(v["accuracy"])) for m, v in res.items() if "accuracy" in v},
     }
 
 
@@ -409,7 +409,7 @@ def run_all(args: argparse.Namespace) -> dict:
         # The experiment: plain is run_seeds as the CLI calls it (group -1), tuned the proposal.
         exp_args = {**jax_args, "group": -1 if variant == "plain" else settings["group"]}
         if args.e2e_seeds:
-            a = {"kind": "experiment", "seeds": args.e2e_seeds, "chunk": 0, **exp_args}
+            a = {"kind": "experiment", "seeds": args.e2e_seeds, "chunk": args.e2e_seeds, **exp_args}
             res = _spawn(py, a, env)
             # As a user runs it: interpreter start, imports, compile, data, 2 models per seed.
             res = {**res, "run_s": res["process_wall_s"]}

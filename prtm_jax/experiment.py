@@ -1,13 +1,16 @@
 """Experiments: which models train on which view, which pairs fuse, over a vector of seeds.
 
-`make_run(cfg)` does the Python-side work once and returns a pure `run(seed_key, hp)` for one
-seed; `run_seeds(cfg)` is `jit(vmap(run))` over the seeds (in chunks of `seed_chunk`).
+`make_run(static_key(cfg))` does the Python-side work once and returns a pure
+`run(seed_key, hp)` for one seed; `run_seeds(cfg)` runs `jit(vmap(vmap(run)))` over grid points
+and seeds (in chunks of `seed_chunk`), compiled once per `StaticKey` in a process.
 Seed i's keys are `fold_in(root, i)`, then `fold_in` by purpose (data, one per model), so a
 seed's result never depends on how many seeds run or in which chunk.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import zlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -15,11 +18,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
-from prtm_jax import mlp
-from prtm_jax.config import Config
+from prtm_jax import images, metrics, mlp
+from prtm_jax.config import Config, ConfigError, grid_axes, n_classes, validate
 from prtm_jax.data import DataParams, DataShape, TwoView, make_two_view
-from prtm_jax.fusion import fuse
+from prtm_jax.fusion import RULES, fit_pool_weights, fit_temperature, fuse, fused_name
 from prtm_jax.train import TrainSpec, make_train
 
 DATA_PURPOSE = 0
@@ -28,6 +33,7 @@ DATA_PURPOSE = 0
 class ModelSpec(NamedTuple):
     name: str
     view: str  # "x1" (view 1), "x2" (view 2) or "concat" (both)
+    film: bool = False  # the W&B network: view 1 modulated by view 2 (see mlp)
 
 
 class FusionSpec(NamedTuple):
@@ -42,13 +48,35 @@ class Task(NamedTuple):
     fusions: tuple[FusionSpec, ...]
 
 
+WEIGHT, BIAS = ModelSpec("weight", "x1"), ModelSpec("bias", "x2")
+PAIR = "weight|bias"  # the row of seeds.csv that describes the pair (diversity, dependence)
+FITTED_RULES = frozenset({"calibrated_product", "pool"})  # fitted on the n_val held-out rows
+
 TASKS: dict[str, Task] = {
     "prtm2": Task(
-        models=(ModelSpec("weight", "x1"), ModelSpec("bias", "x2")),
+        models=(WEIGHT, BIAS),
         fusions=(FusionSpec("fused", "weight", "bias", "product"),),
     ),
     "prtm1": Task(models=(ModelSpec("mlp", "x1"),), fusions=()),
+    # The open questions: every fusion rule, early fusion (concat) and the W&B model, all on
+    # the same seeds and data as Weight and Bias.
+    "study": Task(
+        models=(WEIGHT, BIAS, ModelSpec("concat", "concat"), ModelSpec("wb", "concat", True)),
+        fusions=tuple(FusionSpec(fused_name(r), "weight", "bias", r) for r in RULES),
+    ),
 }
+
+
+def validate_config(cfg: Config) -> Config:
+    """`config.validate` plus what depends on the task: fitted rules need held-out rows."""
+    validate(cfg, tuple(TASKS))
+    fitted = sorted({f.rule for f in TASKS[cfg.task].fusions} & FITTED_RULES)
+    if fitted and cfg.data.n_val < 1:
+        raise ConfigError(
+            f"data.n_val must be >= 1 for task={cfg.task} (rules {', '.join(fitted)} are "
+            f"fitted on held-out rows), got {cfg.data.n_val}"
+        )
+    return cfg
 
 
 class HParams(NamedTuple):
@@ -58,23 +86,55 @@ class HParams(NamedTuple):
     lr: jax.Array | float
 
 
-def hparams(cfg: Config) -> HParams:
+# Each source is a pure `make(key, params, shape) -> TwoView`: traced params, static shape.
+SOURCES: dict[str, Callable[[jax.Array, NamedTuple, NamedTuple], TwoView]] = {
+    "blobs": make_two_view,
+    "digits": images.make_digits_two_view,
+    "parts": images.make_parts_two_view,
+}
+
+
+def source_shape(cfg: Config) -> NamedTuple:
+    """Static sizes of the configured source; n_val extra training rows are drawn for blobs
+    and parts (held out from training), and taken out of digits' fixed training split."""
     d = cfg.data
-    data = DataParams(
-        view1_std=d.view1_std,
-        view2_mean=d.view2_mean,
-        view2_std=d.view2_std,
-        view2_offset=d.view2_offset,
-        clip_floor=d.clip_floor,
-        center_box=d.center_box,
+    if d.source == "blobs":
+        return DataShape(d.n_train + d.n_val, d.n_test, d.n_classes, d.n_features)
+    if d.source == "digits":
+        return images.DigitsShape(d.n_test_per_class, d.weight_metric, d.standardize)
+    return images.PartsShape(
+        d.n_train + d.n_val, d.n_test, d.n_types, d.image_size, d.weight_metric, d.standardize
     )
-    return HParams(
-        jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), data), jnp.float32(cfg.optim.lr)
-    )
+
+
+def source_params(cfg: Config) -> NamedTuple:
+    """Traced parameters of the configured source, as float32 scalars."""
+    d = cfg.data
+    if d.source == "blobs":
+        p = DataParams(
+            view1_std=d.view1_std,
+            view2_mean=d.view2_mean,
+            view2_std=d.view2_std,
+            view2_offset=d.view2_offset,
+            clip_floor=d.clip_floor,
+            center_box=d.center_box,
+            rho=d.rho,
+        )
+    elif d.source == "digits":
+        p = images.DigitsParams(noise_std=d.pixel_noise)
+    else:
+        p = images.PartsParams(noise_std=d.pixel_noise, defect_depth=d.defect_depth)
+    return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), p)
+
+
+def hparams(cfg: Config) -> HParams:
+    return HParams(source_params(cfg), jnp.float32(cfg.optim.lr))
 
 
 def model_names(task: Task) -> list[str]:
-    return [m.name for m in task.models] + [f.name for f in task.fusions]
+    """Rows of seeds.csv, in order: models, fused models, then the pair row if any."""
+    pair = [PAIR] if task.fusions else []
+    return [m.name for m in task.models] + [f.name for f in task.fusions] + pair
 
 
 def _model_key(seed_key: jax.Array, name: str) -> jax.Array:
@@ -87,13 +147,9 @@ def _view(data: TwoView, view: str, split: str) -> jax.Array:
     return {"x1": x1, "x2": x2, "concat": jnp.concatenate([x1, x2], axis=-1)}[view]
 
 
-def make_run(cfg: Config) -> Callable[[jax.Array, HParams], dict[str, dict[str, jax.Array]]]:
-    """Return `run(seed_key, hp) -> {model: {metric: scalar}}` for one seed."""
-    task = TASKS[cfg.task]
-    d = cfg.data
-    shape = DataShape(d.n_train, d.n_test, d.n_classes, d.n_features)
-    spec = TrainSpec(
-        sizes=(0, *cfg.model.hidden, d.n_classes),  # input width comes from the data
+def train_spec(cfg: Config) -> TrainSpec:
+    return TrainSpec(
+        sizes=(0, *cfg.model.hidden, n_classes(cfg)),  # input width comes from the data
         activation=cfg.model.activation,
         init=cfg.model.init,
         optimizer=cfg.optim.name,
@@ -102,35 +158,101 @@ def make_run(cfg: Config) -> Callable[[jax.Array, HParams], dict[str, dict[str, 
         shuffle=cfg.train.shuffle,
         loss=cfg.train.loss,
     )
+
+
+def make_run(
+    key: StaticKey,
+) -> Callable[[jax.Array, HParams], dict[str, dict[str, jax.Array]]]:
+    """Return `run(seed_key, hp) -> {model: {metric: scalar}}` for one seed."""
+    task, spec, make_data = TASKS[key.task], key.spec, SOURCES[key.source]
     train = make_train(spec)
 
     def run(seed_key: jax.Array, hp: HParams) -> dict[str, dict[str, jax.Array]]:
-        data = make_two_view(jax.random.fold_in(seed_key, DATA_PURPOSE), hp.data, shape)
-        logp: dict[str, jax.Array] = {}
-        out: dict[str, dict[str, jax.Array]] = {}
+        data = make_data(jax.random.fold_in(seed_key, DATA_PURPOSE), hp.data, key.shape)
+        data, val = split_validation(data, key.n_val)
+        n_class = spec.sizes[-1]
+        logits, logits_val, out = {}, {}, {}
         for m in task.models:
-            x_train, x_test = _view(data, m.view, "train"), _view(data, m.view, "test")
-            fit = train(_model_key(seed_key, m.name), x_train, data.y_train, hp.lr)
-            logp[m.name] = jax.nn.log_softmax(mlp.apply(fit.params, x_test, spec.activation))
-            ok = jnp.isfinite(fit.loss_E).all() & jnp.isfinite(logp[m.name]).all()
+            fit_fn = (
+                make_train(spec._replace(film_split=data.x1_train.shape[-1])) if m.film else train
+            )
+            fit = fit_fn(
+                _model_key(seed_key, m.name), _view(data, m.view, "train"), data.y_train, hp.lr
+            )
+            logits[m.name] = mlp.apply(fit.params, _view(data, m.view, "test"), spec.activation)
+            if val is not None:
+                x_val = _view(val, m.view, "train")
+                logits_val[m.name] = mlp.apply(fit.params, x_val, spec.activation)
+            ok = jnp.isfinite(fit.loss_E).all() & jnp.isfinite(logits[m.name]).all()
             out[m.name] = {"train_loss": fit.loss_E[-1], "finite": ok}
+        logp = {name: jax.nn.log_softmax(z) for name, z in logits.items()}
         for f in task.fusions:
-            logp[f.name] = fuse(logp[f.a], logp[f.b], f.rule)
+            params = _fusion_params(f, logits_val, val, data.y_train, n_class)
+            logp[f.name] = fuse(logits[f.a], logits[f.b], f.rule, **params)
             ok = out[f.a]["finite"] & out[f.b]["finite"] & jnp.isfinite(logp[f.name]).all()
-            out[f.name] = {"train_loss": jnp.float32(jnp.nan), "finite": ok}
+            out[f.name] = {
+                "finite": ok,
+                **{k: jnp.asarray(v) for k, v in params.items() if k != "log_prior"},
+            }
+        fused = [f.name for f in task.fusions]
+        if fused:
+            per_model, pair = metrics.all_metrics(
+                logp,
+                data.y_test,
+                pair=(task.fusions[0].a, task.fusions[0].b),
+                fused=fused,
+                key=_model_key(seed_key, "metrics"),
+            )
+            out[PAIR] = {
+                **pair,
+                "finite": out[task.fusions[0].a]["finite"] & out[task.fusions[0].b]["finite"],
+            }
+        else:
+            per_model = {m: metrics.model_metrics(lp, data.y_test) for m, lp in logp.items()}
         for name, lp in logp.items():
-            out[name].update(classification_metrics(lp, data.y_test))
+            count, conf, correct = metrics.reliability_bins(lp, data.y_test)
+            out[name].update(per_model[name], rel_count=count, rel_conf=conf, rel_correct=correct)
         return out
 
     return run
 
 
-def classification_metrics(logp_NC: jax.Array, y_N: jax.Array) -> dict[str, jax.Array]:
-    """Accuracy and mean negative log-likelihood of log-probabilities against labels."""
-    return {
-        "accuracy": (logp_NC.argmax(-1) == y_N).mean(),
-        "nll": -jnp.take_along_axis(logp_NC, y_N[:, None], axis=-1).mean(),
-    }
+def _fusion_params(
+    f: FusionSpec,
+    logits_val: dict[str, jax.Array],
+    val: TwoView | None,
+    y_train: jax.Array,
+    n_class: int,
+) -> dict[str, jax.Array]:
+    """A rule's fitted inputs: the training prior, or temperatures / pool weights fitted on
+    the held-out rows (never on test rows)."""
+    if f.rule == "prior_product":
+        counts = jnp.bincount(y_train, length=n_class)
+        return {"log_prior": jnp.log(counts / counts.sum())}
+    if f.rule == "calibrated_product":
+        t_a = fit_temperature(logits_val[f.a], val.y_train)
+        return {"t_a": t_a, "t_b": fit_temperature(logits_val[f.b], val.y_train)}
+    if f.rule == "pool":
+        w_a, w_b = fit_pool_weights(logits_val[f.a], logits_val[f.b], val.y_train)
+        return {"w_a": w_a, "w_b": w_b}
+    return {}
+
+
+def split_validation(data: TwoView, n_val: int) -> tuple[TwoView, TwoView | None]:
+    """Hold the last n_val training rows out of training (for fitting fusion rules)."""
+    if not n_val:
+        return data, None
+    fit = data._replace(
+        x1_train=data.x1_train[:-n_val],
+        x2_train=data.x2_train[:-n_val],
+        y_train=data.y_train[:-n_val],
+    )
+    val = data._replace(
+        x1_train=data.x1_train[-n_val:],
+        x2_train=data.x2_train[-n_val:],
+        y_train=data.y_train[-n_val:],
+    )
+    return fit, val
 
 
 def seed_keys(root_seed: int, seeds: np.ndarray) -> jax.Array:
@@ -138,14 +260,113 @@ def seed_keys(root_seed: int, seeds: np.ndarray) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, jnp.asarray(seeds, jnp.uint32))
 
 
+def grid_points(cfg: Config) -> list[dict[str, float]]:
+    """The in-process grid: one dict {axis: value} per point (one empty dict if no grid)."""
+    axes = grid_axes(cfg)
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def grid_hparams(cfg: Config, points: list[dict[str, float]]) -> HParams:
+    """HParams with a leading (points,) axis on every leaf."""
+
+    def at(point: dict[str, float]) -> HParams:
+        hp = hparams(cfg)
+        lr = point.get("lr", hp.lr)
+        data = hp.data._replace(**{k: v for k, v in point.items() if k != "lr"})
+        return HParams(data, lr)
+
+    return jax.tree.map(lambda *v: jnp.asarray(v, jnp.float32), *[at(p) for p in points])
+
+
+class StaticKey(NamedTuple):
+    """Everything that shapes the compiled program; the jitted runner is cached on it."""
+
+    task: str
+    source: str
+    shape: NamedTuple
+    n_val: int
+    spec: TrainSpec
+
+
+def static_key(cfg: Config) -> StaticKey:
+    return StaticKey(cfg.task, cfg.data.source, source_shape(cfg), cfg.data.n_val, train_spec(cfg))
+
+
+@functools.cache
+def compiled_runner(key: StaticKey) -> Callable[[jax.Array, HParams], dict]:
+    """jit(vmap(run)) over a block of (seed key, hyper-parameters) items; one per StaticKey."""
+    return jax.jit(jax.vmap(make_run(key)))
+
+
+def _seed_sharding(n_devices: int) -> jax.sharding.NamedSharding | None:
+    if n_devices == 1:
+        return None
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("seeds",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+
+
 def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
-    """Run every seed of `cfg`; returns {model: {metric: (seeds,) array}} on the host."""
-    run = jax.jit(jax.vmap(make_run(cfg), in_axes=(0, None)))
-    hp = hparams(cfg)
-    ids = np.arange(cfg.seeds)
-    chunk = cfg.seed_chunk or cfg.seeds
-    parts = [
-        jax.device_get(run(seed_keys(cfg.root_seed, ids[i : i + chunk]), hp))
-        for i in range(0, cfg.seeds, chunk)
-    ]
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    """Run every seed at every grid point; {model: {metric: (points, seeds) array}} on the host.
+
+    Every (grid point, seed) pair is one work item; items run in blocks of exactly
+    `seed_chunk` per device (the last block padded with repeats), sharded over local devices
+    along the items. XLA's float32 kernels depend on the batch shape, and SGD amplifies their
+    rounding differences over thousands of steps; with one block shape, an item's result is a
+    function of its seed, its point and `seed_chunk` only: not of the seed count, the grid, the
+    device count or the item's position (tests check each).
+    """
+    points = grid_points(cfg)
+    hp = grid_hparams(cfg, points)
+    run = compiled_runner(static_key(cfg))
+    n_dev = jax.device_count()
+    block = cfg.seed_chunk * n_dev
+    point_I = np.repeat(np.arange(len(points)), cfg.seeds)
+    seed_I = np.tile(np.arange(cfg.seeds), len(points))
+    n_items = point_I.size
+    pad = -n_items % block
+    point_I, seed_I = (
+        np.r_[point_I, point_I[-1:].repeat(pad)],
+        np.r_[seed_I, seed_I[-1:].repeat(pad)],
+    )
+    sharding = _seed_sharding(n_dev)
+    parts = []
+    starts = range(0, point_I.size, block)
+    bar = tqdm(
+        starts, desc="seed blocks", unit="block", disable=not cfg.progress or len(starts) < 2
+    )
+    for start in bar:
+        take = slice(start, start + block)
+        keys = seed_keys(cfg.root_seed, seed_I[take])
+        hp_block = jax.tree.map(lambda v, idx=point_I[take]: v[idx], hp)
+        if sharding is not None:
+            keys, hp_block = jax.device_put((keys, hp_block), sharding)
+        parts.append(jax.device_get(run(keys, hp_block)))
+    merged = jax.tree.map(lambda *xs: np.concatenate(xs)[:n_items], *parts)
+    shaped = jax.tree.map(lambda a: a.reshape(len(points), cfg.seeds, *a.shape[1:]), merged)
+    return {name: shaped[name] for name in model_names(TASKS[cfg.task])}
+
+
+def view_dependence(cfg: Config, n_seeds: int, n_permutations: int = 199) -> pd.DataFrame:
+    """Dependence between the two views' training rows given the label, for the first n_seeds
+    seeds at every grid point (within-class Spearman, CMI, stratified permutation test)."""
+    from prtm_jax import dependence
+
+    key = static_key(cfg)
+    make = jax.jit(
+        jax.vmap(
+            lambda k, p: SOURCES[key.source](jax.random.fold_in(k, DATA_PURPOSE), p, key.shape),
+            in_axes=(0, None),
+        )
+    )
+    points = grid_points(cfg)
+    hp = grid_hparams(cfg, points)
+    keys = seed_keys(cfg.root_seed, np.arange(n_seeds))
+    rows = []
+    for g, point in enumerate(points):
+        data = jax.device_get(make(keys, jax.tree.map(lambda v, g=g: v[g], hp.data)))
+        for i in range(n_seeds):
+            dep = dependence.dependence(
+                data.x1_train[i], data.x2_train[i], data.y_train[i], n_permutations, seed=i
+            )
+            rows.append({"seed": i, **point, **dependence.summarize(dep)})
+    return pd.DataFrame(rows)

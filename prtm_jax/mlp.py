@@ -2,6 +2,12 @@
 
 `init(key, sizes)` -> params; `apply(params, x, activation)` -> logits. `x` may carry any
 leading axes (..., d_in); the last layer is linear (logits, no softmax).
+
+The "W&B" paired-input network of the notes' open question 3 is the same MLP with a FiLM-like
+first layer (`init(..., film_split=d1)`): the input is the concatenation [x1 (d1), x2 (d2)],
+and the first pre-activation is `(x1 @ w) * (1 + x2 @ g) + x2 @ a + b`, so view 1 enters as
+the weighted ("Weight") path, modulated multiplicatively by view 2 and shifted additively by
+it ("Bias"). Its first layer is the 4-tuple (w, g, a, b) instead of (w, b).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-Params = list[tuple[jax.Array, jax.Array]]
+Params = list[tuple[jax.Array, ...]]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -38,20 +44,42 @@ INITS: dict[str, Callable[..., jax.Array]] = {
 }
 
 
-def init(key: jax.Array, sizes: Sequence[int], scheme: str = "seed") -> Params:
-    """Weights (d_in, d_out) from `INITS[scheme]`, biases zero; sizes = (d_in, *hidden, d_out)."""
+def init(key: jax.Array, sizes: Sequence[int], scheme: str = "seed", film_split: int = 0) -> Params:
+    """Weights (d_in, d_out) from `INITS[scheme]`, biases zero; sizes = (d_in, *hidden, d_out).
+
+    With `film_split = d1 > 0` the first layer is the W&B layer (w, g, a, b) on [x1 | x2].
+    """
     init_w = INITS[scheme]
     keys = jax.random.split(key, len(sizes) - 1)
-    return [
+    params = [
         (init_w(k, (d_in, d_out), jnp.float32), jnp.zeros((d_out,), jnp.float32))
         for k, d_in, d_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
     ]
+    if film_split:
+        d1, d2, h = film_split, sizes[0] - film_split, sizes[1]
+        w = init_w(keys[0], (d1, h), jnp.float32)
+        g, a = (init_w(jax.random.fold_in(key, i), (d2, h), jnp.float32) for i in (1, 2))
+        params[0] = (w, g, a, params[0][1])
+    return params
+
+
+def _first_layer(layer: tuple[jax.Array, ...], x: jax.Array) -> jax.Array:
+    if len(layer) == 2:
+        w, b = layer
+        return x @ w + b
+    w, g, a, b = layer
+    x1, x2 = x[..., : w.shape[0]], x[..., w.shape[0] :]
+    return (x1 @ w) * (1.0 + x2 @ g) + x2 @ a + b
 
 
 def apply(params: Params, x: jax.Array, activation: str = "relu") -> jax.Array:
     """Logits (..., d_out) for inputs (..., d_in)."""
     act = ACTIVATIONS[activation]
-    *hidden, (w_out, b_out) = params
+    first, *rest = params
+    if not rest:
+        return _first_layer(first, x)
+    x = act(_first_layer(first, x))
+    *hidden, (w_out, b_out) = rest
     for w, b in hidden:
         x = act(x @ w + b)
     return x @ w_out + b_out

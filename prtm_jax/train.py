@@ -31,6 +31,7 @@ class TrainSpec(NamedTuple):
     batch_size: int = 32
     shuffle: bool = False
     loss: str = "sum"
+    film_split: int = 0  # > 0: the W&B first layer, view 1 = the first film_split columns
 
 
 class TrainOut(NamedTuple):
@@ -75,7 +76,7 @@ def make_train(
             raise ValueError(f"batch_size ({batch}) must be <= the number of training rows ({n})")
         n_batches = -(-n // batch)
         k_init, k_order = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-        params = mlp.init(k_init, (x_ND.shape[1], *spec.sizes[1:]), spec.init)
+        params = mlp.init(k_init, (x_ND.shape[1], *spec.sizes[1:]), spec.init, spec.film_split)
         opt = make_optimizer(spec.optimizer, lr)
 
         def epoch(carry, k_epoch):

@@ -1,0 +1,222 @@
+"""The `prtm` command: a Hydra app whose overrides are checked before anything compiles.
+
+`prtm experiment=prtm2 seeds=128 data.view1_std=3.0` trains, fuses and writes `seeds.csv` and
+`summary.json` into the Hydra run dir. Every override (each value of a multirun sweep too) is
+composed and validated first; a bad one stops the command with one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from prtm_jax.config import Config, ConfigError
+
+ERROR_FILE = "error.txt"
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def to_config(raw: DictConfig) -> Config:
+    """The typed Config behind a composed DictConfig (its schema is Config)."""
+    cfg = OmegaConf.to_object(raw)
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra's and OmegaConf's messages span lines; keep the first line of each cause."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(exc, MissingConfigException) and exc.options is not None:
+        group = (exc.missing_cfg_file or "").rsplit("/", 1)
+        name = group[0] if len(group) == 2 else "config"
+        return f"{name}={group[-1]!r} is not one of: {', '.join(sorted(exc.options))}"
+    parts = []
+    while exc is not None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.rstrip(".")
+        if first not in parts:
+            parts.append(first)
+        exc = exc.__cause__
+    return ": ".join(parts)
+
+
+def expand_jobs(
+    overrides: list[str], sweep_params: dict[str, Any] | None = None
+) -> list[list[str]]:
+    """Every job of a (multirun) override list, in the order Hydra's basic sweeper runs them:
+    the config's `hydra.sweeper.params` first, command-line overrides after (and winning)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{k}={v}" for k, v in (sweep_params or {}).items()]
+    try:
+        parsed = OverridesParser.create().parse_overrides(params + overrides)
+        return BasicSweeper.split_arguments(parsed, None)[0]
+    except Exception as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _user_overrides(args: list[str]) -> list[str]:
+    return [
+        a
+        for a in args
+        if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")
+    ]
+
+
+def check_overrides(args: list[str]) -> int:
+    """Compose and validate every job the arguments describe; returns the job count."""
+    from hydra import compose, initialize_config_dir
+
+    from prtm_jax.experiment import validate_config
+
+    overrides = _user_overrides(args)
+    multirun = bool({"-m", "--multirun"} & set(args))
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        sweep_params = None
+        if multirun:
+            try:
+                parsed = OverridesParser.create().parse_overrides(overrides)
+                fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+                base = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+            except Exception as exc:
+                raise ConfigError(_one_line(exc)) from None
+            params = base.hydra.sweeper.params
+            sweep_params = OmegaConf.to_container(params) if params is not None else None
+        jobs = expand_jobs(overrides, sweep_params)
+        for job in jobs:
+            try:
+                cfg = to_config(compose(config_name="config", overrides=job))
+            except Exception as exc:
+                raise ConfigError(_one_line(exc)) from None
+            validate_config(cfg)
+    return len(jobs)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A short text table of one summary (per grid point if the run had a grid)."""
+    if "points" in summary:
+        return "\n".join(
+            f"-- {', '.join(f'{k}={v}' for k, v in p['grid'].items())}\n{format_table(p)}"
+            for p in summary["points"]
+        )
+    w = max(12, *(len(m) for m in summary["models"]))
+    lines = [f"{'model':<{w}} {'n':>5} {'accuracy':>9}  {'95% CI':<17} {'diverged':>8}"]
+    for model, s in summary["models"].items():
+        ci = f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
+        lines.append(f"{model:<{w}} {s['n']:>5} {s['mean']:>9.4f}  {ci:<17} {s['n_diverged']:>8}")
+    for name, p in summary["paired"].items():
+        lines.append(
+            f"{name}: {p['mean']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}],"
+            f" fused better on {p['frac_better']:.0%} of {p['n']} seeds"
+        )
+    return "\n".join(lines)
+
+
+def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train every seed (at every grid point) of `cfg`; write seeds.csv and summary.json."""
+    import numpy as np
+    import pandas as pd
+
+    from prtm_jax import experiment, results
+
+    task = experiment.TASKS[cfg.task]
+    # "Best single" is the better of the one-view models (concat and wb see both views).
+    singles = [m.name for m in task.models if m.view != "concat"]
+    fused = [f.name for f in task.fusions]
+    t0 = time.perf_counter()
+    metrics = experiment.run_seeds(cfg)
+    seconds = time.perf_counter() - t0
+    points = experiment.grid_points(cfg)
+    at = [
+        {m: {k: v[g] for k, v in d.items()} for m, d in metrics.items()} for g in range(len(points))
+    ]
+    tables = [
+        results.seeds_table(m, np.arange(cfg.seeds), extra=p)
+        for m, p in zip(at, points, strict=True)
+    ]
+    df = pd.concat(tables, ignore_index=True)
+    reliability = pd.concat(
+        [results.reliability_table(m, p) for m, p in zip(at, points, strict=True)],
+        ignore_index=True,
+    )
+    if len(points) == 1 and not points[0]:
+        summary = results.summarize(df, singles, fused)
+    else:
+        summary = {
+            "points": [
+                {"grid": point, **results.summarize(t, singles, fused)}
+                for point, t in zip(points, tables, strict=True)
+            ]
+        }
+    if cfg.dependence_seeds:
+        deps = experiment.view_dependence(cfg, cfg.dependence_seeds)
+        results.write_atomic(out_dir / "dependence.csv", lambda p: deps.to_csv(p, index=False))
+    summary.update(task=cfg.task, seeds=cfg.seeds, seconds=round(seconds, 2), config=resolved)
+    results.write_run(out_dir, df, summary, reliability)
+    return summary
+
+
+_JOBS: dict[str, Any] = {}
+
+
+def _configure_jax(cfg: Config) -> None:
+    import jax
+
+    # Hydra's job logging is at INFO; JAX's backend probing there is noise.
+    logging.getLogger("jax").setLevel(logging.WARNING)
+    jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        cache = os.environ.get("PRTM_CACHE_DIR", str(Path(CONF_DIR).parent / ".cache" / "jax"))
+        jax.config.update("jax_compilation_cache_dir", cache)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _app(raw: DictConfig) -> None:
+    from prtm_jax import results
+    from prtm_jax.experiment import validate_config
+
+    cfg = validate_config(to_config(raw))
+    _configure_jax(cfg)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    resolved = OmegaConf.to_container(raw, resolve=True)
+    if results.is_complete(out_dir) and results.read_summary(out_dir).get("config") == resolved:
+        print(f"{cfg.task}: complete results in {out_dir}, skipped")
+    else:
+        try:
+            summary = run_job(cfg, out_dir, resolved)
+        except Exception as exc:
+            # Leave the reason beside the job for prtm-aggregate; Hydra reports it too.
+            (out_dir / ERROR_FILE).write_text(f"{type(exc).__name__}: {exc}\n")
+            raise
+        (out_dir / ERROR_FILE).unlink(missing_ok=True)
+        print(f"{cfg.task}: {cfg.seeds} seeds in {summary['seconds']:.1f} s -> {out_dir}")
+        print(format_table(summary))
+    if "bar" in _JOBS:
+        _JOBS["bar"].update(1)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    try:
+        n_jobs = check_overrides(args)
+    except ConfigError as exc:
+        print(f"prtm: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if {"-m", "--multirun"} & set(args):
+        from tqdm.auto import tqdm
+
+        _JOBS["bar"] = tqdm(total=n_jobs, desc="jobs", unit="job", position=1)
+    _app()

@@ -1,0 +1,140 @@
+"""Result files of one run: `seeds.csv` (one row per seed and model) and `summary.json`.
+
+Every file is written atomically (temporary file in the same directory, then `os.replace`),
+and `summary.json` is written last, so its presence marks a complete run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prtm_jax.stats import bootstrap_ci, describe
+
+SEEDS_FILE = "seeds.csv"
+SUMMARY_FILE = "summary.json"
+RELIABILITY_FILE = "reliability.csv"
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)`, then rename tmp_path onto `path`; no half-written file remains."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def seeds_table(
+    metrics: dict[str, dict[str, np.ndarray]],
+    seed_ids: np.ndarray,
+    extra: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Tidy table: one row per (seed, model) with the metrics and `status` (ok / diverged)."""
+    frames = []
+    for model, m in metrics.items():
+        # One value per seed; per-seed vectors (reliability bins) go to reliability_table.
+        cols = {k: np.asarray(v) for k, v in m.items() if k != "finite" and np.ndim(v) == 1}
+        df = pd.DataFrame({"seed": seed_ids, "model": model, **cols})
+        df["status"] = np.where(np.asarray(m["finite"]), "ok", "diverged")
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    for k, v in (extra or {}).items():
+        df[k] = v
+    return df.sort_values("seed", kind="stable").reset_index(drop=True)
+
+
+def reliability_table(
+    metrics: dict[str, dict[str, np.ndarray]], extra: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """Per model and confidence bin: row count, summed confidence and summed correct, added up
+    over the ok seeds (the `rel_*` (seeds, bins) arrays of a run)."""
+    frames = []
+    for model, m in metrics.items():
+        if "rel_count" not in m:
+            continue
+        ok = np.asarray(m["finite"])
+        sums = {k: np.asarray(m[f"rel_{k}"])[ok].sum(0) for k in ("count", "conf", "correct")}
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": model,
+                    "bin": np.arange(sums["count"].size),
+                    "count": sums["count"],
+                    "conf_sum": sums["conf"],
+                    "correct_sum": sums["correct"],
+                    **(extra or {}),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def summarize(df: pd.DataFrame, singles: list[str], fused: list[str]) -> dict[str, Any]:
+    """Per-model accuracy statistics over ok seeds, and each fused model minus the best single.
+
+    The best single model is the one with the highest mean accuracy; differences are paired
+    by seed, over seeds where every model involved is ok.
+    """
+    df = df[~df.model.str.contains("|", regex=False)]  # pair rows carry no accuracy
+    ok = df[df.status == "ok"]
+    out: dict[str, Any] = {"models": {}, "paired": {}}
+    for model, g in df.groupby("model", sort=False):
+        acc = ok.loc[ok.model == model, "accuracy"].to_numpy()
+        out["models"][model] = {
+            **describe(acc),
+            "n_diverged": int((g.status != "ok").sum()),
+            "nll_mean": float(ok.loc[ok.model == model, "nll"].mean()),
+        }
+    if not singles or not fused:
+        return out
+    wide = ok.pivot(index="seed", columns="model", values="accuracy")
+    best = max(singles, key=lambda m: out["models"][m]["mean"])
+    for f in fused:
+        pair = wide[[f, best]].dropna()
+        diff = (pair[f] - pair[best]).to_numpy()
+        out["paired"][f"{f}-{best}"] = {
+            "n": int(diff.size),
+            "mean": float(diff.mean()) if diff.size else float("nan"),
+            "ci95": list(bootstrap_ci(diff)),
+            "frac_better": float((diff > 0).mean()) if diff.size else float("nan"),
+        }
+    return out
+
+
+def write_run(
+    out_dir: Path,
+    df: pd.DataFrame,
+    summary: dict[str, Any],
+    reliability: pd.DataFrame | None = None,
+) -> None:
+    """Write seeds.csv (and reliability.csv), then summary.json (the completion marker), each
+    atomically."""
+    out_dir = Path(out_dir)
+    if reliability is not None and len(reliability):
+        write_atomic(out_dir / RELIABILITY_FILE, lambda p: reliability.to_csv(p, index=False))
+    write_atomic(out_dir / SEEDS_FILE, lambda p: df.to_csv(p, index=False))
+    write_atomic(
+        out_dir / SUMMARY_FILE, lambda p: p.write_text(json.dumps(summary, indent=2, default=str))
+    )
+
+
+def is_complete(out_dir: Path) -> bool:
+    out_dir = Path(out_dir)
+    return (out_dir / SUMMARY_FILE).is_file() and (out_dir / SEEDS_FILE).is_file()
+
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / SUMMARY_FILE).read_text())

@@ -1,0 +1,109 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from prtm_jax import cli
+from prtm_jax.config import Config
+
+
+def _error(capsys, monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["prtm", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.count("\n") == 1, err  # one line, no traceback
+    return err.strip()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["model.activation=swish"],
+            "model.activation='swish' is not one of: elu, gelu, leaky_relu, relu, sigmoid,"
+            " silu, softplus, tanh",
+        ),
+        (["data.view2_std=0"], "data.view2_std must be a positive number, got 0.0"),
+        (["data.view1_std=-1"], "data.view1_std must be a positive number, got -1.0"),
+        (["seeds=0"], "seeds must be a positive integer, got 0"),
+        (
+            ["train.batch_size=3000"],
+            "train.batch_size must be <= the training rows (2000), got 3000",
+        ),
+        (["model.hidden=[]"], "model.hidden must be a non-empty list of positive integers, got []"),
+        (
+            ["model.hidden=[64,-2]"],
+            "model.hidden must be a non-empty list of positive integers, got [64, -2]",
+        ),
+        (
+            ["experiment=prtm9"],
+            "experiment='prtm9' is not one of: "
+            + ", ".join(sorted(p.stem for p in (Path(cli.CONF_DIR) / "experiment").glob("*.yaml"))),
+        ),
+        (["optim=rmsprop"], "optim='rmsprop' is not one of: adam, sgd"),
+        (["optim.name=rmsprop"], "optim.name='rmsprop' is not one of: sgd, adam"),
+        (
+            ["data.view1_sdt=3"],
+            "Could not override 'data.view1_sdt': Key 'view1_sdt' not in 'DataConfig'",
+        ),
+        (["-m", "seeds=4,0"], "seeds must be a positive integer, got 0"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_compilation(capsys, monkeypatch, args, message):
+    assert _error(capsys, monkeypatch, *args) == f"prtm: error: {message}"
+
+
+def test_default_composition_equals_the_schema_defaults():
+    with initialize_config_dir(config_dir=cli.CONF_DIR, version_base="1.3"):
+        assert cli.to_config(compose(config_name="config")) == Config()
+
+
+def test_prtm1_experiment_sets_the_seed_hyperparameters():
+    with initialize_config_dir(config_dir=cli.CONF_DIR, version_base="1.3"):
+        cfg = cli.to_config(compose(config_name="config", overrides=["experiment=prtm1"]))
+    assert (cfg.task, cfg.model.hidden, cfg.model.activation) == ("prtm1", [32], "sigmoid")
+    assert (cfg.optim.lr, cfg.train.epochs, cfg.data.n_train) == (0.01, 30, 1000)
+
+
+def _prtm(tmp_path, name, *args):
+    out = tmp_path / name
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from prtm_jax.cli import main; main()",
+            *args,
+            f"hydra.run.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out, proc.stdout
+
+
+def test_same_config_twice_gives_identical_files(tmp_path):
+    args = ["seeds=3", "data.n_train=128", "data.n_test=64", "train.epochs=2", "model.hidden=[8]"]
+    a, stdout = _prtm(tmp_path, "a", *args)
+    b, _ = _prtm(tmp_path, "b", *args)
+    assert (a / "seeds.csv").read_bytes() == (b / "seeds.csv").read_bytes()
+    df = pd.read_csv(a / "seeds.csv")
+    assert list(df.columns[:2]) == ["seed", "model"]
+    assert {"accuracy", "nll", "status"} <= set(df.columns)
+    assert len(df) == 12 and set(df.model) == {"weight", "bias", "fused", "weight|bias"}
+    summary = json.loads((a / "summary.json").read_text())
+    for model in ("weight", "bias", "fused"):
+        s = summary["models"][model]
+        acc = df.loc[df.model == model, "accuracy"]
+        assert s["n"] == 3 and s["mean"] == pytest.approx(acc.mean())
+        assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
+    assert "fused-weight" in summary["paired"] or "fused-bias" in summary["paired"]
+    assert summary["config"]["seeds"] == 3
+    assert "fused" in stdout and "95% CI" in stdout
+    assert not list(a.glob(".*.tmp"))

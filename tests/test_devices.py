@@ -1,0 +1,40 @@
+"""Seeds sharded over 4 (forced host) devices give the single-device results."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+SCRIPT = """
+import json, jax
+from prtm_jax.config import Config, DataConfig, ModelConfig, TrainConfig
+from prtm_jax.experiment import run_seeds
+cfg = Config(seeds=6, seed_chunk=5, progress=False, data=DataConfig(n_train=96, n_test=40),
+             model=ModelConfig(hidden=[8]), train=TrainConfig(epochs=3))
+r = run_seeds(cfg)
+print(json.dumps({"devices": jax.device_count(),
+                  **{m: r[m]["accuracy"].tolist() for m in ("weight", "bias", "fused")},
+                  **{m + "_nll": r[m]["nll"].tolist() for m in ("weight", "bias", "fused")}}))
+"""
+
+
+def _run(devices):
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_seeds_equal_one_device():
+    one, four = _run(1), _run(4)
+    assert (one["devices"], four["devices"]) == (1, 4)
+    for model in ("weight", "bias", "fused"):
+        np.testing.assert_array_equal(one[model], four[model])
+        np.testing.assert_array_equal(one[model + "_nll"], four[model + "_nll"])

@@ -1,0 +1,221 @@
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special
+from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, mutual_info_score
+from statsmodels.stats.contingency_tables import StratifiedTable
+
+from prtm_jax import metrics
+from prtm_jax.fusion import fuse
+
+
+def _table_vectors(n11, n10, n01, n00):
+    """Correctness vectors (a, b) realising a 2x2 table."""
+    a = np.repeat([True, True, False, False], [n11, n10, n01, n00])
+    b = np.repeat([True, False, True, False], [n11, n10, n01, n00])
+    return jnp.asarray(a), jnp.asarray(b)
+
+
+def _random_logp(rng, n=300, c=4, scale=2.0):
+    """Float64 probabilities (N, C) for the references, their float32 logs, and labels."""
+    lp = special.log_softmax(rng.normal(0, scale, (n, c)), 1)
+    return np.exp(lp), jnp.float32(lp), rng.integers(0, c, n)
+
+
+def test_accuracy_nll_brier_match_sklearn(rng):
+    p, lp, y = _random_logp(rng)
+    assert float(metrics.accuracy(lp, y)) == pytest.approx(accuracy_score(y, p.argmax(1)))
+    assert float(metrics.nll(lp, y)) == pytest.approx(log_loss(y, p), rel=1e-5)
+    ref = brier_score_loss(y, p, scale_by_half=False)
+    assert float(metrics.brier(lp, y)) == pytest.approx(ref, rel=1e-5)
+
+
+def test_binary_brier_is_twice_the_classic_score(rng):
+    p, lp, y = _random_logp(rng, c=2)
+    p1 = p[:, 1]
+    assert float(metrics.brier(lp, y)) == pytest.approx(2 * np.mean((p1 - y) ** 2), rel=1e-5)
+
+
+def test_ece_toy_case_by_hand():
+    # Confidences 0.9, 0.9 (one right) fall in bin 13 = (13/15, 14/15]: |0.5 - 0.9| = 0.4.
+    # Confidences 0.65, 0.65 (both right) fall in bin 9 = (9/15, 10/15]: |1.0 - 0.65| = 0.35.
+    # ECE = 2/4 * 0.4 + 2/4 * 0.35 = 0.375.
+    lp = jnp.log(jnp.array([[0.9, 0.1], [0.9, 0.1], [0.35, 0.65], [0.65, 0.35]]))
+    y = jnp.array([0, 1, 1, 0])
+    assert float(metrics.ece(lp, y)) == pytest.approx(0.375, abs=1e-6)
+
+
+def test_ece_matches_a_loop_over_bins(rng):
+    p, lp, y = _random_logp(rng, n=1000, c=5)
+    conf = p.max(1)
+    correct = p.argmax(1) == y
+    edges = np.linspace(0, 1, 16)
+    ref = 0.0
+    for lo, hi in itertools.pairwise(edges):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ref += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    assert float(metrics.ece(lp, y)) == pytest.approx(ref, abs=1e-5)
+
+
+def test_table_diversity_by_hand():
+    # n11=5, n10=2, n01=3, n00=1 (N = 11).
+    a, b = _table_vectors(5, 2, 3, 1)
+    assert float(metrics.yules_q(a, b)) == pytest.approx((5 * 1 - 2 * 3) / (5 * 1 + 2 * 3))
+    assert float(metrics.double_fault(a, b)) == pytest.approx(1 / 11)
+    assert float(metrics.disagreement(a, b)) == pytest.approx(5 / 11)
+    phi = (5 * 1 - 2 * 3) / np.sqrt((5 + 2) * (3 + 1) * (5 + 3) * (2 + 1))
+    assert float(metrics.correlation(a, b)) == pytest.approx(phi, rel=1e-5)
+    assert phi == pytest.approx(np.corrcoef(a, b)[0, 1])
+
+
+def test_zero_cell_gives_q_minus_one_and_undefined_tables_give_nan():
+    a, b = _table_vectors(5, 2, 3, 0)  # never wrong together
+    assert float(metrics.yules_q(a, b)) == -1.0
+    a, b = _table_vectors(6, 0, 0, 0)  # both always right: no variation to measure
+    assert np.isnan(metrics.yules_q(a, b))
+    assert np.isnan(metrics.correlation(a, b))
+    a, b = _table_vectors(6, 3, 0, 0)  # a always right: a zero margin
+    assert np.isnan(metrics.correlation(a, b))
+
+
+def test_within_class_q_is_mantel_haenszel_of_the_class_tables():
+    tables = [(5, 2, 3, 1), (4, 1, 2, 3), (7, 0, 2, 0)]  # the last has zero cells
+    parts = [_table_vectors(*t) for t in tables]
+    a = jnp.concatenate([p[0] for p in parts])
+    b = jnp.concatenate([p[1] for p in parts])
+    y = jnp.asarray(np.repeat(np.arange(3), [sum(t) for t in tables]))
+    odds = StratifiedTable([np.array([[t[0], t[1]], [t[2], t[3]]]) for t in tables])
+    odds = odds.oddsratio_pooled
+    got = float(metrics.yules_q_within(a, b, y, 3))
+    assert got == pytest.approx((odds - 1) / (odds + 1), rel=1e-5)
+
+
+def test_within_class_correlation_centres_each_class(rng):
+    y = rng.integers(0, 4, 400)
+    a = rng.uniform(size=400) < np.array([0.95, 0.6, 0.8, 1.0])[y]  # class 3 all right
+    b = rng.uniform(size=400) < np.array([0.7, 0.5, 0.9, 0.6])[y]
+    means = lambda v: np.array([v[y == k].mean() for k in range(4)])[y]  # noqa: E731
+    ca, cb = a - means(a), b - means(b)
+    ref = (ca * cb).sum() / np.sqrt((ca**2).sum() * (cb**2).sum())
+    got = float(metrics.correlation_within(jnp.asarray(a), jnp.asarray(b), jnp.asarray(y), 4))
+    assert got == pytest.approx(ref, abs=1e-6)  # float32 counts, a near-zero correlation
+
+
+def test_errors_independent_given_label_correlate_pooled_but_not_within(rng):
+    # Class difficulty is shared (both models fail more on class 1), errors are independent
+    # given the class: pooled Q and correlation are clearly positive, within-class ones ~0.
+    n = 200_000
+    y = rng.integers(0, 2, n)
+    acc_a, acc_b = np.array([0.95, 0.6])[y], np.array([0.9, 0.5])[y]
+    a = jnp.asarray(rng.uniform(size=n) < acc_a)
+    b = jnp.asarray(rng.uniform(size=n) < acc_b)
+    y = jnp.asarray(y)
+    assert float(metrics.yules_q(a, b)) > 0.3
+    assert float(metrics.correlation(a, b)) > 0.1
+    assert abs(float(metrics.yules_q_within(a, b, y, 2))) < 0.03
+    assert abs(float(metrics.correlation_within(a, b, y, 2))) < 0.01
+
+
+def test_cmi_is_the_class_weighted_sklearn_mutual_information(rng):
+    c, n = 4, 2000
+    y = rng.integers(0, c, n)
+    pa = np.where(rng.uniform(size=n) < 0.7, y, rng.integers(0, c, n))
+    pb = np.where(rng.uniform(size=n) < 0.5, pa, rng.integers(0, c, n))
+    ref = sum((y == k).mean() * mutual_info_score(pa[y == k], pb[y == k]) for k in range(c))
+    got = metrics.conditional_mutual_information(*map(jnp.asarray, (pa, pb, y)), c)
+    assert float(got) == pytest.approx(ref, rel=1e-4)
+    pooled = metrics.conditional_mutual_information(jnp.asarray(pa), jnp.asarray(pb), 0 * y, c)
+    assert float(pooled) == pytest.approx(mutual_info_score(pa, pb), rel=1e-4)
+
+
+def test_cmi_of_copied_uniform_predictions_is_log_c():
+    # Given y, pred_a is uniform over c classes and pred_b copies it: I = H(pred_a | y) = log c.
+    c = 5
+    y, pa = np.meshgrid(np.arange(c), np.arange(c), indexing="ij")
+    y, pa = jnp.asarray(y.ravel()), jnp.asarray(pa.ravel())
+    got = metrics.conditional_mutual_information(pa, pa, y, c)
+    assert float(got) == pytest.approx(np.log(c), rel=1e-6)
+
+
+def test_cmi_of_predictions_independent_given_label_is_near_zero(rng):
+    # Both predictions depend on y (so pooled MI is large) but not on each other given y.
+    c, n = 3, 300_000
+    y = rng.integers(0, c, n)
+    pa = np.where(rng.uniform(size=n) < 0.8, y, rng.integers(0, c, n))
+    pb = np.where(rng.uniform(size=n) < 0.6, y, rng.integers(0, c, n))
+    pa, pb, y = map(jnp.asarray, (pa, pb, y))
+    cmi = float(metrics.conditional_mutual_information(pa, pb, y, c))
+    bias = c * (c - 1) ** 2 / (2 * n)  # the plug-in's expected upward bias here
+    assert 0 <= cmi < 5 * bias
+    assert float(metrics.conditional_mutual_information(pa, pb, 0 * y, c)) > 0.1
+
+
+def test_shuffle_within_class_keeps_each_class_values():
+    y = jnp.array([2, 0, 1, 0, 2, 2, 1, 0])
+    x = jnp.arange(8)
+    got = np.asarray(metrics.shuffle_within_class(jax.random.key(3), x, y))
+    for k in range(3):
+        assert sorted(got[np.asarray(y) == k]) == sorted(np.asarray(x)[np.asarray(y) == k])
+    assert (got != np.asarray(x)).any()
+
+
+def test_cmi_null_measures_the_plug_in_bias(rng):
+    # At 500 rows and 10 classes the plug-in CMI of independent-given-y predictions is far from
+    # 0; the shuffled level matches it, while copied predictions stand well above it.
+    c, n = 10, 500
+    y = rng.integers(0, c, n)
+    pa = np.where(rng.uniform(size=n) < 0.7, y, rng.integers(0, c, n))
+    pb = np.where(rng.uniform(size=n) < 0.5, y, rng.integers(0, c, n))
+    pb_dep = np.where(rng.uniform(size=n) < 0.5, pa, pb)
+    y, pa, pb, pb_dep = map(jnp.asarray, (y, pa, pb, pb_dep))
+    key = jax.random.key(0)
+    cmi = float(metrics.conditional_mutual_information(pa, pb, y, c))
+    null = float(metrics.cmi_null(key, pa, pb, y, c))
+    assert cmi > 0.05 and abs(cmi - null) < 0.3 * null
+    dep = float(metrics.conditional_mutual_information(pa, pb_dep, y, c))
+    assert dep - float(metrics.cmi_null(key, pa, pb_dep, y, c)) > 0.1
+
+
+def test_follows_confident_by_hand():
+    # Row 0: a more confident (0.9 > 0.6), fused picks a's class 0: follows.
+    # Row 1: b more confident (0.8 > 0.7), fused picks a's class 0: does not follow.
+    # Row 2: both pick class 1 and so does fused: follows (an agreeing row).
+    lp_a = jnp.log(jnp.array([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8]]))
+    lp_b = jnp.log(jnp.array([[0.4, 0.6], [0.2, 0.8], [0.4, 0.6]]))
+    lp_f = jnp.log(jnp.array([[0.8, 0.2], [0.6, 0.4], [0.1, 0.9]]))
+    assert float(metrics.follows_confident(lp_a, lp_b, lp_f)) == pytest.approx(2 / 3)
+    got = metrics.follows_confident(lp_a, lp_b, lp_f, only_disagreements=True)
+    assert float(got) == pytest.approx(1 / 2)
+    assert np.isnan(metrics.follows_confident(lp_a, lp_a, lp_f, only_disagreements=True))
+
+
+def test_all_metrics_vmaps_over_seeds_like_a_loop(rng):
+    s, n, c = 3, 200, 4
+    y = jnp.asarray(rng.integers(0, c, (s, n)))
+    logits_a = jnp.float32(rng.normal(0, 3, (s, n, c)))
+    logits_b = jnp.float32(rng.normal(0, 1, (s, n, c)))
+
+    def one_seed(la, lb, y):
+        logp = {"weight": jax.nn.log_softmax(la), "bias": jax.nn.log_softmax(lb)}
+        logp["fused"] = fuse(la, lb)
+        return metrics.all_metrics(logp, y, key=jax.random.key(0))
+
+    per_model, pair = jax.jit(jax.vmap(one_seed))(logits_a, logits_b, y)
+    assert set(per_model) == {"weight", "bias", "fused"}
+    assert set(per_model["fused"]) == {
+        *("accuracy", "nll", "brier", "ece", "follows_confident", "follows_confident_disagree")
+    }
+    assert "follows_confident" not in per_model["weight"]
+    for i in range(s):
+        pm_i, pair_i = one_seed(logits_a[i], logits_b[i], y[i])
+        for m, d in pm_i.items():
+            for k, v in d.items():
+                assert float(per_model[m][k][i]) == pytest.approx(float(v), rel=1e-5, abs=1e-6)
+        for k, v in pair_i.items():
+            assert float(pair[k][i]) == pytest.approx(float(v), rel=1e-5, abs=1e-6), k
+    assert pair["oracle_accuracy"].shape == (s,)
+    assert (pair["oracle_accuracy"] >= per_model["weight"]["accuracy"]).all()

@@ -1,0 +1,105 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prtm_jax import mlp
+from prtm_jax.train import cross_entropy
+
+
+def _numpy_backprop(params, x, y, activation):
+    """The seed notes' hand-written backprop (sigmoid or ReLU hidden layers, softmax output,
+    gradient of the cross-entropy summed over the batch), in float64 NumPy."""
+    ws = [np.asarray(w, np.float64) for w, _ in params]
+    bs = [np.asarray(b, np.float64) for _, b in params]
+    act = {
+        "relu": (lambda z: np.maximum(z, 0), lambda a: (a > 0).astype(float)),
+        "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda a: a * (1 - a)),
+    }[activation]
+    outs = [x]
+    for w, b in zip(ws[:-1], bs[:-1], strict=True):
+        outs.append(act[0](outs[-1] @ w + b))
+    z = outs[-1] @ ws[-1] + bs[-1]
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    delta = p - np.eye(ws[-1].shape[1])[y]
+    grads = []
+    for i in range(len(ws) - 1, -1, -1):
+        grads.append((outs[i].T @ delta, delta.sum(0)))
+        if i:
+            delta = (delta @ ws[i].T) * act[1](outs[i])
+    return grads[::-1]
+
+
+@pytest.mark.parametrize(
+    "sizes,activation", [((10, 64, 32, 10), "relu"), ((10, 32, 10), "sigmoid")]
+)
+def test_grad_matches_seed_backprop(sizes, activation):
+    key = jax.random.key(3)
+    params = mlp.init(key, sizes, "lecun")  # a scaled init, so every unit is active
+    x = np.asarray(jax.random.normal(jax.random.key(4), (32, sizes[0])), np.float64)
+    y = np.asarray(jax.random.randint(jax.random.key(5), (32,), 0, sizes[-1]))
+    grads = jax.grad(lambda p: cross_entropy(p, jnp.asarray(x, jnp.float32), y, activation).sum())(
+        params
+    )
+    ref = _numpy_backprop(params, x, y, activation)
+    for (gw, gb), (rw, rb) in zip(grads, ref, strict=True):
+        np.testing.assert_allclose(gw, rw, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(gb, rb, atol=1e-5, rtol=1e-5)
+
+
+def test_init_shapes_and_seed_scale():
+    params = mlp.init(jax.random.key(0), (10, 64, 32, 10), "seed")
+    assert [(w.shape, b.shape) for w, b in params] == [
+        ((10, 64), (64,)),
+        ((64, 32), (32,)),
+        ((32, 10), (10,)),
+    ]
+    w = np.concatenate([np.ravel(w) for w, _ in params])
+    assert abs(w.std() - 0.01) < 0.001
+    assert all(np.all(b == 0) for _, b in params)
+
+
+@pytest.mark.parametrize("name", sorted(mlp.ACTIVATIONS))
+def test_apply_jit_matches_eager_for_every_activation(name):
+    params = mlp.init(jax.random.key(1), (5, 7, 3), "glorot")
+    x = jax.random.normal(jax.random.key(2), (4, 6, 5))  # leading axes pass through
+    eager = mlp.apply(params, x, name)
+    jitted = jax.jit(mlp.apply, static_argnums=2)(params, x, name)
+    assert eager.shape == (4, 6, 3)
+    assert np.isfinite(eager).all()
+    np.testing.assert_allclose(eager, jitted, rtol=1e-6, atol=1e-6)
+
+
+def test_activation_registry_covers_required_names():
+    required = {"relu", "sigmoid", "tanh", "gelu", "silu", "elu", "leaky_relu", "softplus"}
+    assert required <= set(mlp.ACTIVATIONS)
+    z = jnp.linspace(-3, 3, 7)
+    np.testing.assert_allclose(mlp.ACTIVATIONS["relu"](z), np.maximum(np.asarray(z), 0))
+    np.testing.assert_allclose(
+        mlp.ACTIVATIONS["sigmoid"](z), 1 / (1 + np.exp(-np.asarray(z))), rtol=1e-6
+    )
+
+
+def test_film_layer_matches_its_formula_and_reduces_to_concat_when_g_is_zero():
+    d1, d2 = 4, 3
+    params = mlp.init(jax.random.key(7), (d1 + d2, 6, 5, 2), "lecun", film_split=d1)
+    w, g, a, b = params[0]
+    assert (w.shape, g.shape, a.shape, b.shape) == ((4, 6), (3, 6), (3, 6), (6,))
+    x = np.asarray(jax.random.normal(jax.random.key(8), (9, d1 + d2)), np.float64)
+    x1, x2 = x[:, :d1], x[:, d1:]
+    w, g, a, b = (np.asarray(t, np.float64) for t in params[0])
+    h = np.tanh((x1 @ w) * (1 + x2 @ g) + x2 @ a + b)
+    for wl, bl in params[1:-1]:
+        h = np.tanh(h @ np.asarray(wl, np.float64) + np.asarray(bl, np.float64))
+    ref = h @ np.asarray(params[-1][0], np.float64) + np.asarray(params[-1][1], np.float64)
+    np.testing.assert_allclose(
+        mlp.apply(params, jnp.asarray(x, jnp.float32), "tanh"), ref, rtol=1e-5, atol=1e-5
+    )
+    # With g = 0 the W&B layer is a plain linear layer on the concatenated input.
+    plain = [(jnp.concatenate([params[0][0], params[0][2]]), params[0][3]), *params[1:]]
+    zero_g = [(params[0][0], jnp.zeros_like(params[0][1]), params[0][2], params[0][3]), *params[1:]]
+    xs = jnp.asarray(x, jnp.float32)
+    np.testing.assert_allclose(
+        mlp.apply(zero_g, xs, "relu"), mlp.apply(plain, xs, "relu"), rtol=1e-5, atol=1e-6
+    )
