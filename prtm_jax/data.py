@@ -26,6 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from prtm_jax.batching import one_at_a_time
+
 
 class DataShape(NamedTuple):
     """Static sizes: they change the compiled program."""
@@ -81,8 +83,12 @@ def make_two_view(key: jax.Array, p: DataParams, shape: DataShape) -> TwoView:
     return TwoView(x1_NF[:s], x2_NK[:s], y_N[:s], x1_NF[s:], x2_NK[s:], y_N[s:])
 
 
+# One LAPACK call per seed even under vmap: a batched one can hang on multiple CPU devices.
+_svd = one_at_a_time(lambda a: jnp.linalg.svd(a, full_matrices=False))
+
+
 def orthonormal_directions(centres_KF: jax.Array) -> jax.Array:
     """M (K, F) with orthonormal rows closest to the directions from the centres' mean to each
     centre (the polar factor U V^T of their SVD); needs F >= K."""
-    u_KK, _, vt_KF = jnp.linalg.svd(centres_KF - centres_KF.mean(0), full_matrices=False)
+    u_KK, _, vt_KF = _svd(centres_KF - centres_KF.mean(0))
     return u_KK @ vt_KF

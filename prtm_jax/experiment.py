@@ -315,6 +315,7 @@ def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
     function of its seed, its point and `seed_chunk` only: not of the seed count, the grid, the
     device count or the item's position (tests check each).
     """
+    validate_config(cfg)
     points = grid_points(cfg)
     hp = grid_hparams(cfg, points)
     run = compiled_runner(static_key(cfg))

@@ -19,10 +19,14 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from prtm_jax.batching import one_at_a_time
+
 # Weights of the log-linear fits are kept in [0, MAX_WEIGHT]; a temperature is 1 / weight, so it
 # lies in [1 / MAX_WEIGHT, MAX_WEIGHT]. On separable held-out data the NLL keeps falling as a
 # weight grows, and the cap is where the fit stops.
 MAX_WEIGHT = 1e3
+# One LAPACK call per seed even under vmap: a batched one can hang on multiple CPU devices.
+_solve = one_at_a_time(jnp.linalg.solve)
 
 
 def _product(lp_a: jax.Array, lp_b: jax.Array) -> jax.Array:
@@ -151,7 +155,7 @@ def _fit_loglinear(
         eye = jnp.eye(n_r, dtype=f_NCR.dtype)
         # A relative ridge keeps the solve finite when the features are collinear (h singular).
         ridge = 1e-6 * jnp.trace(h_RR) / n_r + 1e-12
-        d_R = -jnp.linalg.solve(jnp.where(both, h_RR, eye) + ridge * eye, jnp.where(free_R, g_R, 0))
+        d_R = -_solve(jnp.where(both, h_RR, eye) + ridge * eye, jnp.where(free_R, g_R, 0))
         cand_KR = jnp.clip(w_R + t_K[:, None] * d_R, lo, MAX_WEIGHT)
         return cand_KR[jnp.argmin(nll_K(cand_KR))]
 

@@ -38,3 +38,33 @@ def test_sharded_seeds_equal_one_device():
     for model in ("weight", "bias", "fused"):
         np.testing.assert_array_equal(one[model], four[model])
         np.testing.assert_array_equal(one[model + "_nll"], four[model + "_nll"])
+
+
+HANG_SCRIPT = """
+from prtm_jax.config import Config, DataConfig, TrainConfig
+from prtm_jax.experiment import run_seeds
+for task in ("prtm2", "study"):
+    run_seeds(Config(task=task, seeds=128, seed_chunk=64, progress=False,
+                     data=DataConfig(n_val=100), train=TrainConfig(epochs=1)))
+print("finished")
+"""
+
+
+def test_one_device_per_core_does_not_hang():
+    """Regression: with 2 CPU devices and 64 items per device, the data generator's batched
+    SVD split itself over XLA's thread pool from inside both pool threads and waited forever
+    (prtm_jax/batching.py). Both tasks must finish, far inside the timeout."""
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", HANG_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "finished"
