@@ -96,12 +96,19 @@ def check_overrides(args: list[str]) -> int:
             params = base.hydra.sweeper.params
             sweep_params = OmegaConf.to_container(params) if params is not None else None
         jobs = expand_jobs(overrides, sweep_params)
+        cpu_devices = set()
         for job in jobs:
             try:
                 cfg = to_config(compose(config_name="config", overrides=job))
             except Exception as exc:
                 raise ConfigError(_one_line(exc)) from None
             validate_config(cfg)
+            cpu_devices.add(cfg.cpu_devices)
+    if len(cpu_devices) > 1:
+        raise ConfigError(
+            f"cpu_devices cannot vary within one multirun (got {sorted(cpu_devices)}): JAX "
+            "fixes its CPU devices once per process"
+        )
     return len(jobs)
 
 
@@ -127,6 +134,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every seed (at every grid point) of `cfg`; write seeds.csv and summary.json."""
+    import jax
     import numpy as np
     import pandas as pd
 
@@ -164,12 +172,29 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
     if cfg.dependence_seeds:
         deps = experiment.view_dependence(cfg, cfg.dependence_seeds)
         results.write_atomic(out_dir / "dependence.csv", lambda p: deps.to_csv(p, index=False))
-    summary.update(task=cfg.task, seeds=cfg.seeds, seconds=round(seconds, 2), config=resolved)
+    summary.update(
+        task=cfg.task,
+        seeds=cfg.seeds,
+        seconds=round(seconds, 2),
+        devices=f"{jax.device_count()} x {jax.default_backend()}",
+        config=resolved,
+    )
     results.write_run(out_dir, df, summary, reliability)
     return summary
 
 
 _JOBS: dict[str, Any] = {}
+
+
+def _set_cpu_devices(jax: Any, requested: int) -> None:
+    """One JAX CPU device per core (or `requested`): run_seeds shards its blocks over them, and
+    a result does not depend on the device count. XLA_FLAGS' forced device count wins."""
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    n = requested or len(os.sched_getaffinity(0))
+    if jax.config.jax_num_cpu_devices == n:
+        return
+    jax.config.update("jax_num_cpu_devices", n)
 
 
 def _configure_jax(cfg: Config) -> None:
@@ -178,6 +203,7 @@ def _configure_jax(cfg: Config) -> None:
     # Hydra's job logging is at INFO; JAX's backend probing there is noise.
     logging.getLogger("jax").setLevel(logging.WARNING)
     jax.config.update("jax_default_matmul_precision", cfg.matmul_precision)
+    _set_cpu_devices(jax, cfg.cpu_devices)
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         cache = os.environ.get("PRTM_CACHE_DIR", str(Path(CONF_DIR).parent / ".cache" / "jax"))
         jax.config.update("jax_compilation_cache_dir", cache)
@@ -202,7 +228,10 @@ def _app(raw: DictConfig) -> None:
             (out_dir / ERROR_FILE).write_text(f"{type(exc).__name__}: {exc}\n")
             raise
         (out_dir / ERROR_FILE).unlink(missing_ok=True)
-        print(f"{cfg.task}: {cfg.seeds} seeds in {summary['seconds']:.1f} s -> {out_dir}")
+        print(
+            f"{cfg.task}: {cfg.seeds} seeds in {summary['seconds']:.1f} s on"
+            f" {summary['devices']} devices -> {out_dir}"
+        )
         print(format_table(summary))
     if "bar" in _JOBS:
         _JOBS["bar"].update(1)

@@ -89,7 +89,8 @@ class Config:
     task: str = "prtm2"
     seeds: int = 64
     root_seed: int = 0
-    seed_chunk: int = 64
+    seed_chunk: int = 16
+    cpu_devices: int = 0  # JAX CPU devices; 0 = one per core (no effect on GPU/TPU runs)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -121,6 +122,10 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
     _choice("task", cfg.task, tasks)
     _positive("seeds", cfg.seeds, integer=True)
     _positive("seed_chunk", cfg.seed_chunk, integer=True)
+    _require(
+        isinstance(cfg.cpu_devices, int) and cfg.cpu_devices >= 0,
+        f"cpu_devices must be an integer >= 0 (0: one per core), got {cfg.cpu_devices!r}",
+    )
     d = cfg.data
     _choice("data.source", d.source, DATA_SOURCES)
     for name in ("n_train", "n_test", "n_features"):

@@ -292,10 +292,17 @@ def static_key(cfg: Config) -> StaticKey:
     return StaticKey(cfg.task, cfg.data.source, source_shape(cfg), cfg.data.n_val, train_spec(cfg))
 
 
+# XLA:CPU's backend optimisation level 1 instead of the default: the hot operations are library
+# matmul calls, not generated code, so the program runs as fast and compiles 3-4x faster, with
+# bitwise the same results (docs/performance.md, optimisation 8; tests/test_experiment.py).
+CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
 @functools.cache
 def compiled_runner(key: StaticKey) -> Callable[[jax.Array, HParams], dict]:
     """jit(vmap(run)) over a block of (seed key, hyper-parameters) items; one per StaticKey."""
-    return jax.jit(jax.vmap(make_run(key)))
+    options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    return jax.jit(jax.vmap(make_run(key)), compiler_options=options)
 
 
 def _seed_sharding(n_devices: int) -> jax.sharding.NamedSharding | None:
@@ -330,18 +337,31 @@ def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
         np.r_[seed_I, seed_I[-1:].repeat(pad)],
     )
     sharding = _seed_sharding(n_dev)
-    parts = []
-    starts = range(0, point_I.size, block)
-    bar = tqdm(
-        starts, desc="seed blocks", unit="block", disable=not cfg.progress or len(starts) < 2
-    )
-    for start in bar:
+
+    def launch(start: int) -> dict:
         take = slice(start, start + block)
         keys = seed_keys(cfg.root_seed, seed_I[take])
         hp_block = jax.tree.map(lambda v, idx=point_I[take]: v[idx], hp)
         if sharding is not None:
             keys, hp_block = jax.device_put((keys, hp_block), sharding)
-        parts.append(jax.device_get(run(keys, hp_block)))
+        return run(keys, hp_block)  # dispatched asynchronously
+
+    starts = list(range(0, point_I.size, block))
+    bar = tqdm(
+        total=len(starts),
+        desc="seed blocks",
+        unit="block",
+        disable=not cfg.progress or len(starts) < 2,
+    )
+    # The next block is dispatched before this one is fetched, so the devices never wait for
+    # the host between blocks; at most two blocks' outputs are alive at once.
+    parts, pending = [], launch(starts[0])
+    for nxt in [*starts[1:], None]:
+        following = launch(nxt) if nxt is not None else None
+        parts.append(jax.device_get(pending))
+        bar.update()
+        pending = following
+    bar.close()
     merged = jax.tree.map(lambda *xs: np.concatenate(xs)[:n_items], *parts)
     shaped = jax.tree.map(lambda a: a.reshape(len(points), cfg.seeds, *a.shape[1:]), merged)
     return {name: shaped[name] for name in model_names(TASKS[cfg.task])}

@@ -1,4 +1,6 @@
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +55,12 @@ def _error(capsys, monkeypatch, *args):
             "Could not override 'data.view1_sdt': Key 'view1_sdt' not in 'DataConfig'",
         ),
         (["-m", "seeds=4,0"], "seeds must be a positive integer, got 0"),
+        (["cpu_devices=-1"], "cpu_devices must be an integer >= 0 (0: one per core), got -1"),
+        (
+            ["-m", "cpu_devices=1,2"],
+            "cpu_devices cannot vary within one multirun (got [1, 2]): JAX fixes its CPU"
+            " devices once per process",
+        ),
     ],
 )
 def test_bad_input_is_one_line_before_any_compilation(capsys, monkeypatch, args, message):
@@ -105,5 +113,9 @@ def test_same_config_twice_gives_identical_files(tmp_path):
         assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
     assert "fused-weight" in summary["paired"] or "fused-bias" in summary["paired"]
     assert summary["config"]["seeds"] == 3
+    # One JAX CPU device per core by default (XLA_FLAGS may force another count in CI).
+    forced = re.search(r"device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    n_dev = int(forced.group(1)) if forced else len(os.sched_getaffinity(0))
+    assert summary["devices"] == f"{n_dev} x cpu"
     assert "fused" in stdout and "95% CI" in stdout
     assert not list(a.glob(".*.tmp"))

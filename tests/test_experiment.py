@@ -116,3 +116,26 @@ def test_view_dependence_sees_rho(tiny_cfg):
     assert (independent.perm_p > 0.01).all()
     dep_rho = dependent.spearman_within_mean_abs.to_numpy()
     assert (dep_rho > 2 * independent.spearman_within_mean_abs.to_numpy()).all()
+
+
+def test_fast_compile_option_keeps_every_result(tiny_cfg, monkeypatch):
+    """XLA:CPU backend optimisation level 1 (the runner's default on CPU) against XLA's default
+    level: the same training trajectories, so every accuracy and every count is equal; the
+    float reductions behind NLL, ECE and loss totals (and the fitted pool weights they feed) may differ by a few ulps."""
+    from prtm_jax import experiment
+
+    cfg = dataclasses.replace(
+        tiny_cfg, seeds=5, task="study", data=DataConfig(n_train=96, n_test=40, n_val=32)
+    )
+    fast = run_seeds(cfg)
+    experiment.compiled_runner.cache_clear()
+    monkeypatch.setattr(experiment, "CPU_COMPILER_OPTIONS", None)
+    default = run_seeds(cfg)
+    experiment.compiled_runner.cache_clear()
+    for model, metrics in default.items():
+        for name, value in metrics.items():
+            msg = f"{model}.{name}"
+            if name in {"accuracy", "rel_count"} or value.dtype.kind in "biu":
+                np.testing.assert_array_equal(fast[model][name], value, err_msg=msg)
+            else:
+                np.testing.assert_allclose(fast[model][name], value, rtol=1e-4, err_msg=msg)
