@@ -231,31 +231,31 @@ def worker_torch_vmap(a: dict) -> dict:
     return {"run_s": run_s, "per_model_s": run_s / a["seeds"]}
 
 
-def worker_experiment(a: dict) -> dict:
-    """The prtm2 experiment (data, Weight and Bias models, fusion, metrics) for `seeds` seeds.
+def worker_cli(a: dict) -> dict:
+    """`prtm ARGS` as a user runs it, in this fresh process with an empty compilation cache, so
+    the caller's wall time has interpreter start, imports, compile, data, training, fusion,
+    metrics and the result files. `default_xla` compiles at XLA's default optimisation level
+    instead of the runner's (the unoptimised configuration, for comparison)."""
+    import tempfile
 
-    group < 0 is `run_seeds` exactly as the CLI calls it; group >= 0 is the runner proposed in
-    docs/performance.md: the same per-seed `make_run`, through `grouped`.
-    """
-    import numpy as np
+    if a["device"] == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ["PRTM_CACHE_DIR"] = tempfile.mkdtemp(prefix="prtm-bench-cache-")
+    from prtm_jax import cli, experiment
 
-    jax = _start_jax(a["device"], a["cpu_devices"])
-    from prtm_jax.config import Config, TrainConfig
-    from prtm_jax.experiment import hparams, make_run, run_seeds, seed_keys, static_key
-
-    cfg = Config(seeds=a["seeds"], seed_chunk=a["chunk"], train=TrainConfig(epochs=a["epochs"]))
+    if a["default_xla"]:
+        experiment.CPU_COMPILER_OPTIONS = None
+    out = Path(tempfile.mkdtemp(prefix="prtm-bench-run-"))
+    sys.argv = ["prtm", *a["args"], f"hydra.run.dir={out}", "progress=false"]
     t = time.perf_counter()
-    if a["group"] < 0:
-        res = run_seeds(cfg)
-    else:
-        mesh = _seed_mesh(jax, a["device"], cfg.seeds, a["max_devices"])
-        run = grouped(jax, make_run(static_key(cfg)), mesh, a["group"], n_shared=1)
-        res = jax.device_get(run(seed_keys(cfg.root_seed, np.arange(cfg.seeds)), hparams(cfg)))
+    cli.main()
     run_s = time.perf_counter() - t
+    summary = json.loads((out / "summary.json").read_text())
     return {
         "run_s": run_s,
-        "jax_devices": str(jax.devices()),
-        "accuracy": {m: float(np.mean(v["accuracy"])) for m, v in res.items() if "accuracy" in v},
+        "train_s": summary["seconds"],
+        "devices": summary["devices"],
+        "accuracy": {m: s["mean"] for m, s in summary["models"].items()},
     }
 
 
@@ -266,7 +266,7 @@ WORKERS = {
     "sklearn": worker_sklearn,
     "torch_eager": worker_torch_eager,
     "torch_vmap": worker_torch_vmap,
-    "experiment": worker_experiment,
+    "cli": worker_cli,
 }
 
 
@@ -309,9 +309,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default="plain,tuned",
-        help="plain: jit(vmap) on one device, default XLA flags (run_seeds today);\n"
-        "tuned: seeds sharded over all devices (on CPU: one device per core), trained\n"
-        "--group at a time, XLA backend optimisation level 1 on CPU",
+        help="plain: jit(vmap) on one device, default XLA flags (the unoptimised path);\n"
+        "tuned: as run_seeds runs by default: seeds sharded over all devices (on CPU one\n"
+        "device per core), trained --group at a time, XLA optimisation level 1 on CPU",
     )
     p.add_argument("--group", type=int, default=16, help="seeds per lax.map step (tuned, CPU)")
     p.add_argument("--epochs", type=int, default=100)
@@ -406,20 +406,26 @@ def run_all(args: argparse.Namespace) -> dict:
             res = _spawn(py, {"kind": "jax", "seeds": s, **jax_args}, env)
             name = f"prtm_jax {variant}, {s} seeds"
             note(_row(name, s, s, res, flop, variant=variant, devices=res["devices"]))
-        # The experiment: plain is run_seeds as the CLI calls it (group -1), tuned the proposal.
-        exp_args = {**jax_args, "group": -1 if variant == "plain" else settings["group"]}
+        # The user's command: tuned is `prtm experiment=prtm2` exactly as shipped; plain the
+        # same command on one device, one block, XLA's default optimisation level.
+        if variant == "plain":
+            extra, default_xla = ["cpu_devices=1", f"seed_chunk={args.e2e_seeds}"], True
+        else:
+            extra, default_xla = [], False
+        cli = {"kind": "cli", "device": args.device, "default_xla": default_xla}
         if args.e2e_seeds:
-            a = {"kind": "experiment", "seeds": args.e2e_seeds, "chunk": args.e2e_seeds, **exp_args}
-            res = _spawn(py, a, env)
+            a = ["experiment=prtm2", f"seeds={args.e2e_seeds}", f"train.epochs={args.epochs}"]
+            res = _spawn(py, {**cli, "args": a + extra}, {})
             # As a user runs it: interpreter start, imports, compile, data, 2 models per seed.
             res = {**res, "run_s": res["process_wall_s"]}
             name = f"prtm2 end to end {variant}, {args.e2e_seeds}"
             note(_row(name, args.e2e_seeds, 2 * args.e2e_seeds, res, flop, variant=variant))
         if args.memory_seeds:
-            chunk = args.memory_chunk if variant == "plain" else 0
-            a = {"kind": "experiment", "seeds": args.memory_seeds, "chunk": chunk, **exp_args}
-            res = _spawn(py, {**a, "epochs": args.memory_epochs}, env)
-            name = f"memory {variant}: {args.memory_seeds} seeds, chunk {chunk}"
+            chunk = [f"seed_chunk={args.memory_chunk}"] if variant == "plain" else []
+            a = ["experiment=prtm2", f"seeds={args.memory_seeds}"]
+            a += [f"train.epochs={args.memory_epochs}", *extra[:1], *chunk]
+            res = _spawn(py, {**cli, "args": a}, {})
+            name = f"memory {variant}: {args.memory_seeds} seeds"
             m = 2 * args.memory_seeds
             note(_row(name, args.memory_seeds, m, res, flop_per_model(args.memory_epochs)))
     numpy_ms = rows[0]["ms_per_model"]
