@@ -97,67 +97,48 @@ def worker_data(a: dict) -> dict:
     return {}
 
 
-def _seed_mesh(jax, device: str, seeds: int, max_devices: int):
-    """The most `device` devices (up to max_devices, 0: all) that divide the seeds evenly."""
-    import numpy as np
-    from jax.sharding import Mesh
-
-    devices = jax.devices(device)[: max_devices or None]
-    n_dev = max(k for k in range(1, len(devices) + 1) if seeds % k == 0)
-    return Mesh(np.array(devices[:n_dev]), ("seed",))
-
-
-def grouped(jax, fn, mesh, group: int, n_shared: int = 0):
-    """fn(per-seed args..., *shared) over a leading seed axis, as this machine runs it fastest.
-
-    Seeds are sharded over the mesh's devices (each device runs its own shard, no per-op
-    synchronisation) and, within a device, trained `group` at a time (lax.map over vmapped
-    groups), which keeps one step's arrays in cache: on one core a step costs 12.8 us per seed
-    at 32 seeds and 25 us at 1,024 (docs/performance.md). group=0 is plain vmap.
-    """
-    from jax.sharding import PartitionSpec
-
-    def local(*args):
-        per_seed, shared = args[: len(args) - n_shared], args[len(args) - n_shared :]
-        if not group:
-            return jax.vmap(lambda *a: fn(*a, *shared))(*per_seed)
-        return jax.lax.map(lambda a: fn(*a, *shared), per_seed, batch_size=group)
-
-    def run(*args):
-        seed = PartitionSpec("seed")
-        specs = (seed,) * (len(args) - n_shared) + (PartitionSpec(),) * n_shared
-        return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=seed)(*args)
-
-    return jax.jit(run)
-
-
 def worker_jax(a: dict) -> dict:
-    """prtm_jax's trainer over `seeds` seeds, each with its own data replicate."""
+    """prtm_jax's trainer over `seeds` seeds, each with its own data replicate.
+
+    plain: one jit(vmap) over all seeds on one device, XLA's default optimisation level.
+    blocks: as `run_seeds` runs by default: blocks of `chunk` seeds per device over every
+    device (on CPU one per core), the runner's fast-compile option.
+    """
     import numpy as np
 
     jax = _start_jax(a["device"], a["cpu_devices"])
+    from prtm_jax import experiment
     from prtm_jax.train import TrainSpec, make_train
 
-    mesh = _seed_mesh(jax, a["device"], a["seeds"], a["max_devices"])
     keys, x, y = _reference_data(jax, a["seeds"])
     spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=a["epochs"], batch_size=BATCH)
-    train = grouped(jax, make_train(spec), mesh, a["group"], n_shared=1)
+    train = make_train(spec)
+    options = experiment.CPU_COMPILER_OPTIONS if a["fast_compile"] else None
+    fn = jax.jit(jax.vmap(lambda k, xs, ys: train(k, xs, ys, LR)), compiler_options=options)
+    n_dev = jax.device_count()
+    chunk = min(a["chunk"] or a["seeds"], -(-a["seeds"] // n_dev))
+    block_idx = np.minimum(np.arange(chunk * n_dev), a["seeds"] - 1)
+    sample = jax.tree.map(lambda v: v[block_idx], (keys, x, y))
+    sharding = experiment._seed_sharding(n_dev)
+    if sharding is not None:
+        sample = jax.device_put(sample, sharding)
     t = time.perf_counter()
-    compiled = train.lower(keys, x, y, LR).compile()
+    compiled = fn.lower(*sample).compile()
     compile_s = time.perf_counter() - t
     out = {}
 
     def run():
-        out["fit"] = jax.block_until_ready(compiled(keys, x, y, LR))
+        out["fit"] = experiment.run_in_blocks(compiled, (keys, x, y), chunk)
 
     times = _repeat(run)
-    stats = mesh.devices.flat[0].memory_stats() or {}
+    stats = jax.devices()[0].memory_stats() or {}
     return {
         "compile_s": compile_s,
         "run_s": median(times),
         "runs_s": times,
-        "devices": mesh.devices.size,
-        "device_kind": mesh.devices.flat[0].device_kind,
+        "devices": n_dev,
+        "chunk": chunk,
+        "device_kind": jax.devices()[0].device_kind,
         "device_peak_bytes": stats.get("peak_bytes_in_use"),
         "final_loss": float(np.mean(out["fit"].loss_E[:, -1])),
     }
@@ -309,11 +290,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default="plain,tuned",
-        help="plain: jit(vmap) on one device, default XLA flags (the unoptimised path);\n"
-        "tuned: as run_seeds runs by default: seeds sharded over all devices (on CPU one\n"
-        "device per core), trained --group at a time, XLA optimisation level 1 on CPU",
+        help="plain: one jit(vmap) over all seeds on one device, default XLA flags;\n"
+        "tuned: as run_seeds runs by default: blocks of --group seeds per device (fewer\n"
+        "when there are fewer seeds), sharded over all devices (on CPU one per core),\n"
+        "XLA optimisation level 1 on CPU",
     )
-    p.add_argument("--group", type=int, default=16, help="seeds per lax.map step (tuned, CPU)")
+    p.add_argument(
+        "--group", type=int, default=16, help="seeds per block per device (tuned, CPU: seed_chunk)"
+    )
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--out", default="outputs/benchmarks", help="directory for JSON and PNG")
     p.add_argument("--quick", action="store_true", help="2 epochs, tiny sizes (a smoke test)")
@@ -340,16 +324,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def variant_settings(name: str, args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
-    """(worker arguments, environment) of a prtm_jax variant."""
+def variant_settings(name: str, args: argparse.Namespace) -> dict:
+    """Worker arguments of a prtm_jax variant."""
     cpu = args.device == "cpu"
     if name == "plain":
-        return {"cpu_devices": 1, "max_devices": 1, "group": 0}, {}
+        return {"cpu_devices": 1, "chunk": 0, "fast_compile": False}
     if name == "tuned":
-        env = {"XLA_FLAGS": "--xla_backend_optimization_level=1"} if cpu else {}
-        # Accelerators have no small cache to stay inside: one vmap over the device's seeds.
-        settings = {"cpu_devices": os.cpu_count() or 1, "max_devices": 0}
-        return {**settings, "group": args.group if cpu else 0}, env
+        # Accelerators have no small cache to stay inside: one block of all seeds per device.
+        return {
+            "cpu_devices": os.cpu_count() or 1,
+            "chunk": args.group if cpu else 0,
+            "fast_compile": cpu,
+        }
     raise SystemExit(f"--variants: {name!r} is not one of: plain, tuned")
 
 
@@ -400,10 +386,10 @@ def run_all(args: argparse.Namespace) -> dict:
     else:
         print(f"  (no torch in {torch_py}: PyTorch rows skipped; see --torch-python)")
     for variant in args.variants.split(","):
-        settings, env = variant_settings(variant, args)
+        settings = variant_settings(variant, args)
         jax_args = {"device": args.device, "epochs": args.epochs, **settings}
         for s in seeds:
-            res = _spawn(py, {"kind": "jax", "seeds": s, **jax_args}, env)
+            res = _spawn(py, {"kind": "jax", "seeds": s, **jax_args}, {})
             name = f"prtm_jax {variant}, {s} seeds"
             note(_row(name, s, s, res, flop, variant=variant, devices=res["devices"]))
         # The user's command: tuned is `prtm experiment=prtm2` exactly as shipped; plain the

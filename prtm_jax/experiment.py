@@ -13,7 +13,7 @@ import functools
 import itertools
 import zlib
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -312,6 +312,43 @@ def _seed_sharding(n_devices: int) -> jax.sharding.NamedSharding | None:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
 
 
+def run_in_blocks(
+    fn: Callable[..., Any], items: tuple, chunk: int, *, progress: bool = False
+) -> Any:
+    """fn (vmapped, jitted) over every item, in blocks of exactly `chunk` items per device.
+
+    `items` is a tuple of pytrees with a leading item axis; fn takes one block of each and
+    returns a pytree with a leading item axis. Blocks are sharded over all local devices (the
+    last one padded with repeats of the last item), the next block is dispatched before the
+    current one is fetched, and the results come back on the host without the padding.
+    """
+    n_items = jax.tree.leaves(items)[0].shape[0]
+    n_dev = jax.device_count()
+    block = chunk * n_dev
+    take_all = np.r_[np.arange(n_items), np.full(-n_items % block, n_items - 1)]
+    sharding = _seed_sharding(n_dev)
+
+    def launch(start: int) -> Any:
+        args = jax.tree.map(lambda v: v[take_all[start : start + block]], items)
+        if sharding is not None:
+            args = jax.device_put(args, sharding)
+        return fn(*args)  # dispatched asynchronously
+
+    starts = list(range(0, take_all.size, block))
+    bar = tqdm(
+        total=len(starts), desc="seed blocks", unit="block", disable=not progress or len(starts) < 2
+    )
+    # At most two blocks' outputs are alive at once; the devices never wait for the host.
+    parts, pending = [], launch(starts[0])
+    for nxt in [*starts[1:], None]:
+        following = launch(nxt) if nxt is not None else None
+        parts.append(jax.device_get(pending))
+        bar.update()
+        pending = following
+    bar.close()
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n_items], *parts)
+
+
 def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
     """Run every seed at every grid point; {model: {metric: (points, seeds) array}} on the host.
 
@@ -325,44 +362,11 @@ def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
     validate_config(cfg)
     points = grid_points(cfg)
     hp = grid_hparams(cfg, points)
-    run = compiled_runner(static_key(cfg))
-    n_dev = jax.device_count()
-    block = cfg.seed_chunk * n_dev
     point_I = np.repeat(np.arange(len(points)), cfg.seeds)
     seed_I = np.tile(np.arange(cfg.seeds), len(points))
-    n_items = point_I.size
-    pad = -n_items % block
-    point_I, seed_I = (
-        np.r_[point_I, point_I[-1:].repeat(pad)],
-        np.r_[seed_I, seed_I[-1:].repeat(pad)],
-    )
-    sharding = _seed_sharding(n_dev)
-
-    def launch(start: int) -> dict:
-        take = slice(start, start + block)
-        keys = seed_keys(cfg.root_seed, seed_I[take])
-        hp_block = jax.tree.map(lambda v, idx=point_I[take]: v[idx], hp)
-        if sharding is not None:
-            keys, hp_block = jax.device_put((keys, hp_block), sharding)
-        return run(keys, hp_block)  # dispatched asynchronously
-
-    starts = list(range(0, point_I.size, block))
-    bar = tqdm(
-        total=len(starts),
-        desc="seed blocks",
-        unit="block",
-        disable=not cfg.progress or len(starts) < 2,
-    )
-    # The next block is dispatched before this one is fetched, so the devices never wait for
-    # the host between blocks; at most two blocks' outputs are alive at once.
-    parts, pending = [], launch(starts[0])
-    for nxt in [*starts[1:], None]:
-        following = launch(nxt) if nxt is not None else None
-        parts.append(jax.device_get(pending))
-        bar.update()
-        pending = following
-    bar.close()
-    merged = jax.tree.map(lambda *xs: np.concatenate(xs)[:n_items], *parts)
+    items = (seed_keys(cfg.root_seed, seed_I), jax.tree.map(lambda v: v[point_I], hp))
+    run = compiled_runner(static_key(cfg))
+    merged = run_in_blocks(run, items, cfg.seed_chunk, progress=cfg.progress)
     shaped = jax.tree.map(lambda a: a.reshape(len(points), cfg.seeds, *a.shape[1:]), merged)
     return {name: shaped[name] for name in model_names(TASKS[cfg.task])}
 
