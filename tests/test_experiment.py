@@ -121,7 +121,8 @@ def test_view_dependence_sees_rho(tiny_cfg):
 def test_fast_compile_option_keeps_every_result(tiny_cfg, monkeypatch):
     """XLA:CPU backend optimisation level 1 (the runner's default on CPU) against XLA's default
     level: the same training trajectories, so every accuracy and every count is equal; the
-    float reductions behind NLL, ECE and loss totals (and the fitted pool weights they feed) may differ by a few ulps."""
+    float reductions behind NLL, ECE and loss totals (and the fitted pool weights they feed)
+    may differ by a few ulps."""
     from prtm_jax import experiment
 
     cfg = dataclasses.replace(
