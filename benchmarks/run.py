@@ -115,11 +115,11 @@ def worker_jax(a: dict) -> dict:
     train = make_train(spec)
     options = experiment.CPU_COMPILER_OPTIONS if a["fast_compile"] else None
     fn = jax.jit(jax.vmap(lambda k, xs, ys: train(k, xs, ys, LR)), compiler_options=options)
-    n_dev = jax.device_count()
-    chunk = min(a["chunk"] or a["seeds"], -(-a["seeds"] // n_dev))
+    chunk = min(a["chunk"] or a["seeds"], -(-a["seeds"] // jax.device_count()))
+    n_dev = experiment.block_devices(a["seeds"], chunk)
     block_idx = np.minimum(np.arange(chunk * n_dev), a["seeds"] - 1)
     sample = jax.tree.map(lambda v: v[block_idx], (keys, x, y))
-    sharding = experiment._seed_sharding(n_dev)
+    sharding = experiment.seed_sharding(n_dev)
     if sharding is not None:
         sample = jax.device_put(sample, sharding)
     t = time.perf_counter()

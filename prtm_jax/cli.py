@@ -176,7 +176,8 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
         task=cfg.task,
         seeds=cfg.seeds,
         seconds=round(seconds, 2),
-        devices=f"{jax.device_count()} x {jax.default_backend()}",
+        devices=f"{experiment.block_devices(cfg.seeds * len(points), cfg.seed_chunk)}"
+        f" x {jax.default_backend()}",
         config=resolved,
     )
     results.write_run(out_dir, df, summary, reliability)

@@ -305,10 +305,17 @@ def compiled_runner(key: StaticKey) -> Callable[[jax.Array, HParams], dict]:
     return jax.jit(jax.vmap(make_run(key)), compiler_options=options)
 
 
-def _seed_sharding(n_devices: int) -> jax.sharding.NamedSharding | None:
+def block_devices(n_items: int, chunk: int) -> int:
+    """Devices a run of n_items uses: all local ones, but no more than there are blocks of
+    `chunk` to fill (1 seed on a 64-core machine runs one block, not 64)."""
+    return min(jax.device_count(), -(-n_items // chunk))
+
+
+def seed_sharding(n_devices: int) -> jax.sharding.NamedSharding | None:
+    """Items split over the first n_devices local devices (None: one device, no sharding)."""
     if n_devices == 1:
         return None
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("seeds",))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:n_devices]), ("seeds",))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
 
 
@@ -318,15 +325,16 @@ def run_in_blocks(
     """fn (vmapped, jitted) over every item, in blocks of exactly `chunk` items per device.
 
     `items` is a tuple of pytrees with a leading item axis; fn takes one block of each and
-    returns a pytree with a leading item axis. Blocks are sharded over all local devices (the
-    last one padded with repeats of the last item), the next block is dispatched before the
-    current one is fetched, and the results come back on the host without the padding.
+    returns a pytree with a leading item axis. Blocks are sharded over `block_devices` local
+    devices (the last block padded with repeats of the last item), the next block is
+    dispatched before the current one is fetched, and the results come back on the host
+    without the padding.
     """
     n_items = jax.tree.leaves(items)[0].shape[0]
-    n_dev = jax.device_count()
+    n_dev = block_devices(n_items, chunk)
     block = chunk * n_dev
     take_all = np.r_[np.arange(n_items), np.full(-n_items % block, n_items - 1)]
-    sharding = _seed_sharding(n_dev)
+    sharding = seed_sharding(n_dev)
 
     def launch(start: int) -> Any:
         args = jax.tree.map(lambda v: v[take_all[start : start + block]], items)

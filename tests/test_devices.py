@@ -10,11 +10,12 @@ import numpy as np
 SCRIPT = """
 import json, jax
 from prtm_jax.config import Config, DataConfig, ModelConfig, TrainConfig
-from prtm_jax.experiment import run_seeds
+from prtm_jax.experiment import block_devices, run_seeds
 cfg = Config(seeds=6, seed_chunk=5, progress=False, data=DataConfig(n_train=96, n_test=40),
              model=ModelConfig(hidden=[8]), train=TrainConfig(epochs=3))
 r = run_seeds(cfg)
 print(json.dumps({"devices": jax.device_count(),
+                  "used": [block_devices(n, 16) for n in (1, 16, 17, 1000)],
                   **{m: r[m]["accuracy"].tolist() for m in ("weight", "bias", "fused")},
                   **{m + "_nll": r[m]["nll"].tolist() for m in ("weight", "bias", "fused")}}))
 """
@@ -35,6 +36,8 @@ def _run(devices):
 def test_sharded_seeds_equal_one_device():
     one, four = _run(1), _run(4)
     assert (one["devices"], four["devices"]) == (1, 4)
+    # Never more devices than blocks to fill: 6 seeds in blocks of 5 run on 2 of the 4.
+    assert (one["used"], four["used"]) == ([1, 1, 1, 1], [1, 1, 2, 4])
     for model in ("weight", "bias", "fused"):
         np.testing.assert_array_equal(one[model], four[model])
         np.testing.assert_array_equal(one[model + "_nll"], four[model + "_nll"])
