@@ -8,6 +8,9 @@ first layer (`init(..., film_split=d1)`): the input is the concatenation [x1 (d1
 and the first pre-activation is `(x1 @ w) * (1 + x2 @ g) + x2 @ a + b`, so view 1 enters as
 the weighted ("Weight") path, modulated multiplicatively by view 2 and shifted additively by
 it ("Bias"). Its first layer is the 4-tuple (w, g, a, b) instead of (w, b).
+
+Every product with a weight matrix goes through `dense`, whose gradient is the same math as
+autodiff's but shaped for XLA:CPU's fast matmul library (docs/performance.md, optimisation 18).
 """
 
 from __future__ import annotations
@@ -63,13 +66,52 @@ def init(key: jax.Array, sizes: Sequence[int], scheme: str = "seed", film_split:
     return params
 
 
+def _weight_grad_nn(x_ND: jax.Array, g_NH: jax.Array) -> jax.Array:
+    # x^T g with x^T materialised: a plain (NN) product, which XLA:CPU sends to YNNPACK, where
+    # the x^T g contraction over the rows (TN) goes to Eigen at ~2x the cost. The barrier keeps
+    # XLA from folding the transpose back into the dot.
+    return jax.lax.optimization_barrier(x_ND.T) @ g_NH
+
+
+def _weight_grad(x_ND: jax.Array, g_NH: jax.Array) -> jax.Array:
+    return jax.lax.platform_dependent(x_ND, g_NH, cpu=_weight_grad_nn, default=lambda x, g: x.T @ g)
+
+
+def _match_varying(ct: jax.Array, primal: jax.Array) -> jax.Array:
+    """Under shard_map, a weight that is the same on every device (not varying over a mesh
+    axis) has the sum over that axis as its gradient, as autodiff would give."""
+    varying = jax.typeof(ct).manual_axis_type.varying
+    extra = tuple(varying - jax.typeof(primal).manual_axis_type.varying)
+    return jax.lax.psum(ct, extra) if extra else ct
+
+
+@jax.custom_vjp
+def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x @ w for x (..., d_in), w (d_in, d_out); the gradient below is autodiff's, laid out
+    as plain products on the CPU."""
+    return x @ w
+
+
+def _dense_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return x @ w, (x, w)
+
+
+def _dense_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = res
+    dw = _weight_grad(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
+    return _match_varying(g @ w.T, x), _match_varying(dw, w)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 def _first_layer(layer: tuple[jax.Array, ...], x: jax.Array) -> jax.Array:
     if len(layer) == 2:
         w, b = layer
-        return x @ w + b
+        return dense(x, w) + b
     w, g, a, b = layer
     x1, x2 = x[..., : w.shape[0]], x[..., w.shape[0] :]
-    return (x1 @ w) * (1.0 + x2 @ g) + x2 @ a + b
+    return dense(x1, w) * (1.0 + dense(x2, g)) + dense(x2, a) + b
 
 
 def apply(params: Params, x: jax.Array, activation: str = "relu") -> jax.Array:
@@ -81,5 +123,5 @@ def apply(params: Params, x: jax.Array, activation: str = "relu") -> jax.Array:
     x = act(_first_layer(first, x))
     *hidden, (w_out, b_out) = rest
     for w, b in hidden:
-        x = act(x @ w + b)
-    return x @ w_out + b_out
+        x = act(dense(x, w) + b)
+    return dense(x, w_out) + b_out
