@@ -100,20 +100,24 @@ def worker_data(a: dict) -> dict:
 def worker_jax(a: dict) -> dict:
     """prtm_jax's trainer over `seeds` seeds, each with its own data replicate.
 
-    plain: one jit(vmap) over all seeds on one device, XLA's default optimisation level.
+    plain: one jit(vmap) over all seeds on one device, XLA's default optimisation level,
+    weight gradients as jax.grad lays them out (`fast=False`).
     blocks: as `run_seeds` runs by default: blocks of `chunk` seeds per device over every
-    device (on CPU one per core), the runner's fast-compile option.
+    device (on CPU one per core), the runner's fast-compile option, mlp.dense's NN weight
+    gradients (`fast=True`).
     """
     import numpy as np
 
     jax = _start_jax(a["device"], a["cpu_devices"])
-    from prtm_jax import experiment
+    from prtm_jax import experiment, mlp
     from prtm_jax.train import TrainSpec, make_train
+
+    mlp.NN_WEIGHT_GRADS_ON_CPU = a["fast"]
 
     keys, x, y = _reference_data(jax, a["seeds"])
     spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=a["epochs"], batch_size=BATCH)
     train = make_train(spec)
-    options = experiment.CPU_COMPILER_OPTIONS if a["fast_compile"] else None
+    options = experiment.CPU_COMPILER_OPTIONS if a["fast"] else None
     fn = jax.jit(jax.vmap(lambda k, xs, ys: train(k, xs, ys, LR)), compiler_options=options)
     chunk = min(a["chunk"] or a["seeds"], -(-a["seeds"] // jax.device_count()))
     n_dev = experiment.block_devices(a["seeds"], chunk)
@@ -215,17 +219,19 @@ def worker_torch_vmap(a: dict) -> dict:
 def worker_cli(a: dict) -> dict:
     """`prtm ARGS` as a user runs it, in this fresh process with an empty compilation cache, so
     the caller's wall time has interpreter start, imports, compile, data, training, fusion,
-    metrics and the result files. `default_xla` compiles at XLA's default optimisation level
-    instead of the runner's (the unoptimised configuration, for comparison)."""
+    metrics and the result files. `fast=False` compiles at XLA's default optimisation level
+    instead of the runner's, with jax.grad's weight-gradient layout (the unoptimised
+    configuration, for comparison)."""
     import tempfile
 
     if a["device"] == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ["PRTM_CACHE_DIR"] = tempfile.mkdtemp(prefix="prtm-bench-cache-")
-    from prtm_jax import cli, experiment
+    from prtm_jax import cli, experiment, mlp
 
-    if a["default_xla"]:
+    if not a["fast"]:
         experiment.CPU_COMPILER_OPTIONS = None
+        mlp.NN_WEIGHT_GRADS_ON_CPU = False
     out = Path(tempfile.mkdtemp(prefix="prtm-bench-run-"))
     sys.argv = ["prtm", *a["args"], f"hydra.run.dir={out}", "progress=false"]
     t = time.perf_counter()
@@ -290,10 +296,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default="plain,tuned",
-        help="plain: one jit(vmap) over all seeds on one device, default XLA flags;\n"
-        "tuned: as run_seeds runs by default: blocks of --group seeds per device (fewer\n"
-        "when there are fewer seeds), sharded over all devices (on CPU one per core),\n"
-        "XLA optimisation level 1 on CPU",
+        help="plain: one jit(vmap) over all seeds on one device, default XLA flags,\n"
+        "jax.grad's weight gradients; tuned: as run_seeds runs by default: blocks of\n"
+        "--group seeds per device (fewer when there are fewer seeds), sharded over all\n"
+        "devices (on CPU one per core), XLA optimisation level 1 and NN weight gradients\n"
+        "(mlp.dense) on CPU",
     )
     p.add_argument(
         "--group", type=int, default=16, help="seeds per block per device (tuned, CPU: seed_chunk)"
@@ -328,13 +335,13 @@ def variant_settings(name: str, args: argparse.Namespace) -> dict:
     """Worker arguments of a prtm_jax variant."""
     cpu = args.device == "cpu"
     if name == "plain":
-        return {"cpu_devices": 1, "chunk": 0, "fast_compile": False}
+        return {"cpu_devices": 1, "chunk": 0, "fast": False}
     if name == "tuned":
         # Accelerators have no small cache to stay inside: one block of all seeds per device.
         return {
             "cpu_devices": os.cpu_count() or 1,
             "chunk": args.group if cpu else 0,
-            "fast_compile": cpu,
+            "fast": cpu,
         }
     raise SystemExit(f"--variants: {name!r} is not one of: plain, tuned")
 
@@ -393,12 +400,13 @@ def run_all(args: argparse.Namespace) -> dict:
             name = f"prtm_jax {variant}, {s} seeds"
             note(_row(name, s, s, res, flop, variant=variant, devices=res["devices"]))
         # The user's command: tuned is `prtm experiment=prtm2` exactly as shipped; plain the
-        # same command on one device, one block, XLA's default optimisation level.
+        # same command on one device, one block, XLA's default optimisation level, jax.grad's
+        # weight gradients.
         if variant == "plain":
-            extra, default_xla = ["cpu_devices=1", f"seed_chunk={args.e2e_seeds}"], True
+            extra, fast = ["cpu_devices=1", f"seed_chunk={args.e2e_seeds}"], False
         else:
-            extra, default_xla = [], False
-        cli = {"kind": "cli", "device": args.device, "default_xla": default_xla}
+            extra, fast = [], True
+        cli = {"kind": "cli", "device": args.device, "fast": fast}
         if args.e2e_seeds:
             a = ["experiment=prtm2", f"seeds={args.e2e_seeds}", f"train.epochs={args.epochs}"]
             res = _spawn(py, {**cli, "args": a + extra}, {})

@@ -73,8 +73,21 @@ def _weight_grad_nn(x_ND: jax.Array, g_NH: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(x_ND.T) @ g_NH
 
 
+# False: the weight gradient as jax.grad lays it out (x^T g contracting the rows) on every
+# platform, as the benchmark's unoptimised path runs it. Read when dense's backward pass is
+# first traced (JAX caches that trace: set it before tracing, or call jax.clear_caches()).
+NN_WEIGHT_GRADS_ON_CPU = True
+
+
+def _weight_grad_tn(x_ND: jax.Array, g_NH: jax.Array) -> jax.Array:
+    # The product jax.grad emits for x @ w: contract the rows of both operands.
+    return jax.lax.dot_general(x_ND, g_NH, (((0,), (0,)), ((), ())))
+
+
 def _weight_grad(x_ND: jax.Array, g_NH: jax.Array) -> jax.Array:
-    return jax.lax.platform_dependent(x_ND, g_NH, cpu=_weight_grad_nn, default=lambda x, g: x.T @ g)
+    if not NN_WEIGHT_GRADS_ON_CPU:
+        return _weight_grad_tn(x_ND, g_NH)
+    return jax.lax.platform_dependent(x_ND, g_NH, cpu=_weight_grad_nn, default=_weight_grad_tn)
 
 
 def _match_varying(ct: jax.Array, primal: jax.Array) -> jax.Array:
