@@ -10,7 +10,8 @@ the weighted ("Weight") path, modulated multiplicatively by view 2 and shifted a
 it ("Bias"). Its first layer is the 4-tuple (w, g, a, b) instead of (w, b).
 
 Every product with a weight matrix goes through `dense`, whose gradient is the same math as
-autodiff's but shaped for XLA:CPU's fast matmul library (docs/performance.md, optimisation 18).
+autodiff's but laid out for XLA:CPU's fast matmul library (docs/performance.md, optimisation
+18).
 """
 
 from __future__ import annotations
@@ -66,56 +67,44 @@ def init(key: jax.Array, sizes: Sequence[int], scheme: str = "seed", film_split:
     return params
 
 
-def _weight_grad_nn(x_ND: jax.Array, g_NH: jax.Array) -> jax.Array:
-    # x^T g with x^T materialised: a plain (NN) product, which XLA:CPU sends to YNNPACK, where
-    # the x^T g contraction over the rows (TN) goes to Eigen at ~2x the cost. The barrier keeps
-    # XLA from folding the transpose back into the dot.
-    return jax.lax.optimization_barrier(x_ND.T) @ g_NH
-
-
 # False: the weight gradient as jax.grad lays it out (x^T g contracting the rows) on every
-# platform, as the benchmark's unoptimised path runs it. Read when dense's backward pass is
-# first traced (JAX caches that trace: set it before tracing, or call jax.clear_caches()).
+# platform, as the benchmark's unoptimised path runs it. Read when dense is traced (JAX caches
+# traces: set it before tracing, or call jax.clear_caches()).
 NN_WEIGHT_GRADS_ON_CPU = True
 
 
-def _weight_grad_tn(x_ND: jax.Array, g_NH: jax.Array) -> jax.Array:
-    # The product jax.grad emits for x @ w: contract the rows of both operands.
-    return jax.lax.dot_general(x_ND, g_NH, (((0,), (0,)), ((), ())))
-
-
-def _weight_grad(x_ND: jax.Array, g_NH: jax.Array) -> jax.Array:
+def _rows_transposed(x_ND: jax.Array) -> jax.Array:
+    """x^T, materialised on the CPU behind a barrier so XLA cannot fold it into a product."""
     if not NN_WEIGHT_GRADS_ON_CPU:
-        return _weight_grad_tn(x_ND, g_NH)
-    return jax.lax.platform_dependent(x_ND, g_NH, cpu=_weight_grad_nn, default=_weight_grad_tn)
+        return x_ND.T
+    return jax.lax.platform_dependent(
+        x_ND, cpu=lambda v: jax.lax.optimization_barrier(v.T), default=lambda v: v.T
+    )
 
 
-def _match_varying(ct: jax.Array, primal: jax.Array) -> jax.Array:
-    """Under shard_map, a weight that is the same on every device (not varying over a mesh
-    axis) has the sum over that axis as its gradient, as autodiff would give."""
-    varying = jax.typeof(ct).manual_axis_type.varying
-    extra = tuple(varying - jax.typeof(primal).manual_axis_type.varying)
-    return jax.lax.psum(ct, extra) if extra else ct
-
-
-@jax.custom_vjp
+@jax.custom_jvp
 def dense(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x @ w for x (..., d_in), w (d_in, d_out); the gradient below is autodiff's, laid out
-    as plain products on the CPU."""
+    """x @ w for x (..., d_in), w (d_in, d_out), with the same derivatives as `x @ w`.
+
+    Only the layout of the weight gradient differs. jax.grad computes it as x^T g contracting
+    the rows, the major axis of both operands: a "TN" product, which XLA:CPU runs in Eigen at
+    ~2x the cost of the plain (NN) products YNNPACK takes. Here the tangent through w is
+    written against a materialised x^T, so its transpose, the weight gradient, is the NN
+    product x^T @ g (docs/performance.md, optimisation 18). A custom JVP rather than a custom
+    VJP keeps forward mode (jax.jvp, jacfwd) working, and lets autodiff handle shard_map.
+    """
     return x @ w
 
 
-def _dense_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return x @ w, (x, w)
-
-
-def _dense_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x, w = res
-    dw = _weight_grad(x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
-    return _match_varying(g @ w.T, x), _match_varying(dw, w)
-
-
-dense.defvjp(_dense_fwd, _dense_bwd)
+@dense.defjvp
+def _dense_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    x, w = primals
+    dx, dw = tangents
+    y = x @ w
+    xt = _rows_transposed(x.reshape(-1, x.shape[-1]))
+    return y, dx @ w + (xt.T @ dw).reshape(y.shape)
 
 
 def _first_layer(layer: tuple[jax.Array, ...], x: jax.Array) -> jax.Array:
