@@ -18,7 +18,12 @@ def test_quick_benchmark_writes_table_json_and_plot(tmp_path):
     assert "x NumPy" in proc.stdout
     result = json.loads((tmp_path / "results.json").read_text())
     names = [r["name"] for r in result["rows"]]
-    assert names[0].startswith("numpy loop")
+    assert names[0].startswith("numpy loop") and names[-1] == "numpy loop, again at the end"
+    assert result["yardstick_ms"] == {
+        "start": result["rows"][0]["ms_per_model"],
+        "end": result["rows"][-1]["ms_per_model"],
+    }
+    assert "the same loop took" in proc.stdout
     assert any(n.startswith("scikit-learn") for n in names)
     jax_rows = [r for r in result["rows"] if r["name"].startswith("prtm_jax")]
     assert [(r["variant"], r["seeds"]) for r in jax_rows] == [
