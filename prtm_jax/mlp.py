@@ -68,8 +68,9 @@ def init(key: jax.Array, sizes: Sequence[int], scheme: str = "seed", film_split:
 
 
 # False: the weight gradient as jax.grad lays it out (x^T g contracting the rows) on every
-# platform, as the benchmark's unoptimised path runs it. Read when dense is traced (JAX caches
-# traces: set it before tracing, or call jax.clear_caches()).
+# platform, as the benchmark's unoptimised path runs it. Read when dense's derivative is first
+# traced, and remembered with that trace: set it before differentiating anything, or call
+# jax.clear_caches() after changing it.
 NN_WEIGHT_GRADS_ON_CPU = True
 
 
@@ -91,8 +92,11 @@ def dense(x: jax.Array, w: jax.Array) -> jax.Array:
     ~2x the cost of the plain (NN) products YNNPACK takes. Here the tangent through w is
     written against a materialised x^T, so its transpose, the weight gradient, is the NN
     product x^T @ g (docs/performance.md, optimisation 18). A custom JVP rather than a custom
-    VJP keeps forward mode (jax.jvp, jacfwd) working, and lets autodiff handle shard_map.
+    VJP keeps forward mode (jax.jvp, jacfwd) working, and lets autodiff handle shard_map;
+    forward mode pays for the transpose and a TN product, reverse mode is what it is for.
     """
+    if w.ndim != 2:
+        raise ValueError(f"dense: w must be 2-D (d_in, d_out), got shape {w.shape}")
     return x @ w
 
 

@@ -120,10 +120,11 @@ def test_view_dependence_sees_rho(tiny_cfg):
 
 def test_fast_compile_option_keeps_every_result(tiny_cfg, monkeypatch):
     """XLA:CPU backend optimisation level 1 (the runner's default on CPU) against XLA's default
-    level: the same training trajectories, so every accuracy and every count is equal; the
-    float reductions behind NLL, ECE and loss totals may differ by a few ulps. The log-linear
+    level: the same training trajectories, so every accuracy, count and final training loss is
+    equal; the float reductions behind NLL and ECE may differ by a few ulps. The log-linear
     pool's weights are a fit of a nearly flat NLL here (32 held-out rows, tiny models): those
-    ulps move them, and what is computed from them, by up to ~3e-4 relative (measured)."""
+    ulps move them, and what is computed from them, by up to ~3e-4 relative (measured), so
+    they get rtol 2e-3."""
     from prtm_jax import experiment
 
     cfg = dataclasses.replace(
@@ -137,7 +138,7 @@ def test_fast_compile_option_keeps_every_result(tiny_cfg, monkeypatch):
     for model, metrics in default.items():
         for name, value in metrics.items():
             msg = f"{model}.{name}"
-            if name in {"accuracy", "rel_count"} or value.dtype.kind in "biu":
+            if name in {"accuracy", "rel_count", "train_loss"} or value.dtype.kind in "biu":
                 np.testing.assert_array_equal(fast[model][name], value, err_msg=msg)
             else:
                 rtol = 2e-3 if model == "fused_pool" else 1e-5

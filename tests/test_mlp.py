@@ -130,24 +130,48 @@ def test_dense_gradient_equals_float64_products_with_leading_axes(rng):
     np.testing.assert_allclose(dws, np.einsum("sbi,sbj->sij", x, g), rtol=1e-5, atol=1e-5)
 
 
-def _compiled_dots(x, w):
-    """(lhs, rhs) contracting dims of every dot XLA compiles for dense's gradient."""
-    jax.clear_caches()  # NN_WEIGHT_GRADS_ON_CPU is read when dense is traced
-    grad = jax.grad(lambda x_, w_: mlp.dense(x_, w_).sum(), argnums=(0, 1))
-    hlo = jax.jit(grad).lower(x, w).compile().as_text()
-    pattern = r" dot\(.*?lhs_contracting_dims=\{(\d+)\}, rhs_contracting_dims=\{(\d+)\}"
-    return re.findall(pattern, hlo)
+def _compiled_dots(x, w, batched):
+    """Per dot XLA compiles for dense's gradient: (lhs contracting dim, rhs contracting dim),
+    counted without the batch dim (the seed axis under vmap); and whether x^T is materialised."""
+    jax.clear_caches()  # NN_WEIGHT_GRADS_ON_CPU is read when dense's derivative is traced
+    # A cotangent c passed in, so XLA cannot simplify the products away.
+    grad = jax.grad(lambda x_, w_, c_: (mlp.dense(x_, w_) * c_).sum(), argnums=(0, 1))
+    fn = jax.vmap(grad) if batched else grad
+    c = jnp.ones((*x.shape[:-1], w.shape[-1]))
+    hlo = jax.jit(fn).lower(x, w, c).compile().as_text()
+    dots = []
+    for line in hlo.splitlines():
+        if " dot(" in line:
+            lhs = int(re.search(r"lhs_contracting_dims=\{(\d+)\}", line).group(1))
+            rhs = int(re.search(r"rhs_contracting_dims=\{(\d+)\}", line).group(1))
+            dots.append((lhs - batched, rhs - batched))
+    # x^T (10, 32) written out row-major by a copy, not a transpose left to a layout.
+    materialised = re.search(r"= f32\[(?:\d+,)?10,32\]\{(?:2,)?1,0\} (?:copy|fusion)\(", hlo)
+    return dots, materialised is not None
 
 
-def test_dense_weight_gradient_is_a_plain_product_on_cpu(monkeypatch):
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the NN layout is for XLA:CPU")
+@pytest.mark.parametrize("batched", [False, True])
+def test_dense_weight_gradient_is_a_plain_product_on_cpu(monkeypatch, batched):
     # The point of dense: no product XLA:CPU runs for the gradient contracts over the rows,
-    # the major axis of both operands (a "TN" product, which it runs in Eigen at ~2x the cost).
+    # the major axis of both operands (a "TN" product, which it runs in Eigen at ~2x the cost),
+    # also batched over seeds as training runs it, and no transpose is hidden in a layout.
     x, w = jnp.ones((32, 10)), jnp.ones((10, 64))
-    dots = _compiled_dots(x, w)
-    assert len(dots) == 2 and ("0", "0") not in dots, dots
+    if batched:
+        x, w = jnp.ones((4, 32, 10)), jnp.ones((4, 10, 64))
+    dots, materialised = _compiled_dots(x, w, batched)
+    assert len(dots) == 2 and (0, 0) not in dots and materialised, dots
     # The benchmark's unoptimised path switches back to jax.grad's layout.
     monkeypatch.setattr(mlp, "NN_WEIGHT_GRADS_ON_CPU", False)
-    assert ("0", "0") in _compiled_dots(x, w)
+    dots, materialised = _compiled_dots(x, w, batched)
+    assert (0, 0) in dots and not materialised
+    monkeypatch.undo()
+    jax.clear_caches()  # no trace made with the flag off outlives this test
+
+
+def test_dense_refuses_a_weight_that_is_not_a_matrix():
+    with pytest.raises(ValueError, match=r"^dense: w must be 2-D \(d_in, d_out\), got shape"):
+        mlp.dense(jnp.ones((2, 3)), jnp.ones((2, 3, 4)))
 
 
 def test_dense_supports_forward_mode_like_a_matmul(rng):
@@ -167,7 +191,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 from prtm_jax import mlp
 rng = np.random.default_rng(0)
 x, w = rng.normal(size=(8, 3)), rng.normal(size=(3, 2))
-mesh = Mesh(np.array(jax.devices()[:2]), ("d",))
+assert len(jax.devices()) == 2, jax.devices()
+mesh = Mesh(np.array(jax.devices()), ("d",))
 def local(x_, w_):
     return jax.grad(lambda v: jax.lax.psum((mlp.dense(x_, v) ** 2).sum(), "d"))(w_)
 got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("d"), P()), out_specs=P()))(
@@ -179,7 +204,11 @@ print(json.dumps({"got": np.asarray(got).tolist(), "want": (2 * x.T @ (x @ w)).t
 def test_dense_gradient_of_a_replicated_weight_under_shard_map_sums_over_devices():
     # Rows sharded over 2 devices, the weight the same on both: its gradient is the sum of the
     # devices' contributions, what autodiff gives for x @ w.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+    }
     out = subprocess.run(
         [sys.executable, "-c", SHARD_MAP_SCRIPT], env=env, capture_output=True, text=True
     )
