@@ -121,11 +121,7 @@ def worker_jax(a: dict) -> dict:
     fn = jax.jit(jax.vmap(lambda k, xs, ys: train(k, xs, ys, LR)), compiler_options=options)
     chunk = min(a["chunk"] or a["seeds"], -(-a["seeds"] // jax.device_count()))
     n_dev = experiment.block_devices(a["seeds"], chunk)
-    block_idx = np.minimum(np.arange(chunk * n_dev), a["seeds"] - 1)
-    sample = jax.tree.map(lambda v: v[block_idx], (keys, x, y))
-    sharding = experiment.seed_sharding(n_dev)
-    if sharding is not None:
-        sample = jax.device_put(sample, sharding)
+    sample = next(experiment.iter_blocks((keys, x, y), chunk))
     t = time.perf_counter()
     compiled = fn.lower(*sample).compile()
     compile_s = time.perf_counter() - t

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -321,40 +321,43 @@ def seed_sharding(n_devices: int) -> jax.sharding.NamedSharding | None:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
 
 
-def run_in_blocks(
-    fn: Callable[..., Any], items: tuple, chunk: int, *, progress: bool = False
-) -> Any:
-    """fn (vmapped, jitted) over every item, in blocks of exactly `chunk` items per device.
-
-    `items` is a tuple of pytrees with a leading item axis; fn takes one block of each and
-    returns a pytree with a leading item axis. Blocks are sharded over `block_devices` local
-    devices (the last block padded with repeats of the last item), the next block is
-    dispatched before the current one is fetched, and the results come back on the host
-    without the padding.
-    """
+def iter_blocks(items: tuple, chunk: int) -> Iterator[tuple]:
+    """The blocks run_in_blocks feeds fn, in order: `items` (a tuple of pytrees with a leading
+    item axis) cut into blocks of exactly `chunk` items per device, the last one padded with
+    repeats of the last item, each sharded over `block_devices` local devices."""
     n_items = jax.tree.leaves(items)[0].shape[0]
     n_dev = block_devices(n_items, chunk)
     block = chunk * n_dev
     take_all = np.r_[np.arange(n_items), np.full(-n_items % block, n_items - 1)]
     sharding = seed_sharding(n_dev)
+    for start in range(0, take_all.size, block):
+        args = jax.tree.map(lambda v, s=start: v[take_all[s : s + block]], items)
+        yield args if sharding is None else jax.device_put(args, sharding)
 
-    def launch(start: int) -> Any:
-        args = jax.tree.map(lambda v: v[take_all[start : start + block]], items)
-        if sharding is not None:
-            args = jax.device_put(args, sharding)
-        return fn(*args)  # dispatched asynchronously
 
-    starts = list(range(0, take_all.size, block))
-    bar = tqdm(
-        total=len(starts), desc="seed blocks", unit="block", disable=not progress or len(starts) < 2
-    )
+def run_in_blocks(
+    fn: Callable[..., Any], items: tuple, chunk: int, *, progress: bool = False
+) -> Any:
+    """fn (vmapped, jitted) over every item, in the blocks of `iter_blocks`.
+
+    fn takes one block of each of `items` and returns a pytree with a leading item axis. The
+    next block is dispatched before the current one is fetched, and the results come back on
+    the host without the padding.
+    """
+    n_items = jax.tree.leaves(items)[0].shape[0]
+    n_blocks = -(-n_items // (chunk * block_devices(n_items, chunk)))
+    quiet = not progress or n_blocks < 2
+    bar = tqdm(total=n_blocks, desc="seed blocks", unit="block", disable=quiet)
+    blocks = iter_blocks(items, chunk)
     # At most two blocks' outputs are alive at once; the devices never wait for the host.
-    parts, pending = [], launch(starts[0])
-    for nxt in [*starts[1:], None]:
-        following = launch(nxt) if nxt is not None else None
+    parts, pending = [], fn(*next(blocks))  # dispatched asynchronously
+    for args in blocks:
+        following = fn(*args)
         parts.append(jax.device_get(pending))
         bar.update()
         pending = following
+    parts.append(jax.device_get(pending))
+    bar.update()
     bar.close()
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n_items], *parts)
 
