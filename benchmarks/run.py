@@ -105,18 +105,23 @@ def worker_jax(a: dict) -> dict:
     blocks: as `run_seeds` runs by default: blocks of `chunk` seeds per device over every
     device (on CPU one per core), the runner's fast-compile option, mlp.dense's NN weight
     gradients (`fast=True`).
+    floor: benchmarks.floor's products-and-updates program instead of the trainer, run as
+    `blocks` runs the trainer.
     """
     import numpy as np
 
     jax = _start_jax(a["device"], a["cpu_devices"])
+    from benchmarks.floor import make_floor_train
     from prtm_jax import experiment, mlp
     from prtm_jax.train import TrainSpec, make_train
 
     mlp.NN_WEIGHT_GRADS_ON_CPU = a["fast"]
 
     keys, x, y = _reference_data(jax, a["seeds"])
-    spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=a["epochs"], batch_size=BATCH)
-    train = make_train(spec)
+    if a.get("floor"):
+        train = make_floor_train(SIZES, a["epochs"], BATCH)
+    else:
+        train = make_train(TrainSpec(sizes=(0, *SIZES[1:]), epochs=a["epochs"], batch_size=BATCH))
     options = experiment.CPU_COMPILER_OPTIONS if a["fast"] else None
     fn = jax.jit(jax.vmap(lambda k, xs, ys: train(k, xs, ys, LR)), compiler_options=options)
     chunk = min(a["chunk"] or a["seeds"], -(-a["seeds"] // jax.device_count()))
@@ -140,7 +145,7 @@ def worker_jax(a: dict) -> dict:
         "chunk": chunk,
         "device_kind": jax.devices()[0].device_kind,
         "device_peak_bytes": stats.get("peak_bytes_in_use"),
-        "final_loss": float(np.mean(out["fit"].loss_E[:, -1])),
+        "final_loss": float(np.mean(out["fit"].loss_E[:, -1])) if not a.get("floor") else None,
     }
 
 
@@ -291,12 +296,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, gpu or tpu (prtm_jax rows only)")
     p.add_argument(
         "--variants",
-        default="plain,tuned",
+        default="plain,tuned,floor",
         help="plain: one jit(vmap) over all seeds on one device, default XLA flags,\n"
         "jax.grad's weight gradients; tuned: as run_seeds runs by default: blocks of\n"
         "--group seeds per device (fewer when there are fewer seeds), sharded over all\n"
         "devices (on CPU one per core), XLA optimisation level 1 and NN weight gradients\n"
-        "(mlp.dense) on CPU",
+        "(mlp.dense) on CPU; floor: the trainer's matrix products and weight updates alone\n"
+        "(benchmarks/floor.py), run as tuned runs the trainer",
     )
     p.add_argument(
         "--group", type=int, default=16, help="seeds per block per device (tuned, CPU: seed_chunk)"
@@ -332,14 +338,15 @@ def variant_settings(name: str, args: argparse.Namespace) -> dict:
     cpu = args.device == "cpu"
     if name == "plain":
         return {"cpu_devices": 1, "chunk": 0, "fast": False}
-    if name == "tuned":
+    if name in ("tuned", "floor"):
         # Accelerators have no small cache to stay inside: one block of all seeds per device.
         return {
             "cpu_devices": os.cpu_count() or 1,
             "chunk": args.group if cpu else 0,
             "fast": cpu,
+            "floor": name == "floor",
         }
-    raise SystemExit(f"--variants: {name!r} is not one of: plain, tuned")
+    raise SystemExit(f"--variants: {name!r} is not one of: plain, tuned, floor")
 
 
 def _row(name: str, seeds: int, models: int, res: dict, flop: float, **extra) -> dict:
@@ -391,10 +398,15 @@ def run_all(args: argparse.Namespace) -> dict:
     for variant in args.variants.split(","):
         settings = variant_settings(variant, args)
         jax_args = {"device": args.device, "epochs": args.epochs, **settings}
-        for s in seeds:
+        counts = seeds
+        if variant == "floor" and args.e2e_seeds and args.e2e_seeds not in seeds:
+            counts = [*seeds, args.e2e_seeds]  # the bound below needs it
+        for s in counts:
             res = _spawn(py, {"kind": "jax", "seeds": s, **jax_args}, {})
             name = f"prtm_jax {variant}, {s} seeds"
             note(_row(name, s, s, res, flop, variant=variant, devices=res["devices"]))
+        if variant == "floor":
+            continue
         # The user's command: tuned is `prtm experiment=prtm2` exactly as shipped; plain the
         # same command on one device, one block, XLA's default optimisation level, jax.grad's
         # weight gradients.
@@ -410,6 +422,14 @@ def run_all(args: argparse.Namespace) -> dict:
             res = {**res, "run_s": res["process_wall_s"]}
             name = f"prtm2 end to end {variant}, {args.e2e_seeds}"
             note(_row(name, args.e2e_seeds, 2 * args.e2e_seeds, res, flop, variant=variant))
+        if args.e2e_seeds and variant == "tuned":
+            # The same command for one epoch: what it costs besides training (start, imports,
+            # compile, data, evaluation, statistics, files), plus 1 % of the training.
+            a = ["experiment=prtm2", f"seeds={args.e2e_seeds}", "train.epochs=1"]
+            res = _spawn(py, {**cli, "args": a}, {})
+            res = {**res, "run_s": res["process_wall_s"]}
+            one = flop_per_model(1)
+            note(_row(FIXED_COST, args.e2e_seeds, 2 * args.e2e_seeds, res, one, variant=variant))
         if args.memory_seeds:
             chunk = [f"seed_chunk={args.memory_chunk}"] if variant == "plain" else []
             a = ["experiment=prtm2", f"seeds={args.memory_seeds}"]
@@ -427,6 +447,7 @@ def run_all(args: argparse.Namespace) -> dict:
     return {
         "machine": _machine(),
         "yardstick_ms": {"start": numpy_ms, "end": rows[-1]["ms_per_model"]},
+        "bound": command_bound(rows, args.e2e_seeds, numpy_ms),
         "workload": {
             "sizes": SIZES,
             "n_train": N_TRAIN,
@@ -437,6 +458,26 @@ def run_all(args: argparse.Namespace) -> dict:
         },
         "args": {k: v for k, v in vars(args).items() if k != "worker"},
         "rows": rows,
+    }
+
+
+def command_bound(rows: list[dict], e2e_seeds: int, numpy_ms: float) -> dict | None:
+    """How fast `prtm experiment=prtm2 seeds=e2e_seeds` could run if its training cost no more
+    than the floor (the trainer's products and updates alone) and everything else no more than
+    its 1-epoch run: floor + fixed cost per model, against the NumPy loop and the target."""
+    floor = [r for r in rows if r.get("variant") == "floor" and r["seeds"] == e2e_seeds]
+    fixed = [r for r in rows if r["name"] == FIXED_COST]
+    if not (floor and fixed):
+        return None
+    floor_ms, fixed_ms = floor[0]["ms_per_model"], fixed[0]["ms_per_model"]
+    return {
+        "seeds": e2e_seeds,
+        "floor_ms_per_model": floor_ms,
+        "fixed_ms_per_model": fixed_ms,
+        "command_ms_per_model": floor_ms + fixed_ms,
+        "x_numpy": numpy_ms / (floor_ms + fixed_ms),
+        "target_x_numpy": TARGET_X,
+        "target_ms_per_model": numpy_ms / TARGET_X,
     }
 
 
@@ -451,6 +492,8 @@ def _machine() -> dict:
 
 
 NUMPY_AGAIN = "numpy loop, again at the end"
+FIXED_COST = "prtm2 end to end tuned, 1 epoch"
+TARGET_X = 15.0  # issue 6: 15x the NumPy loop, end to end at 256 seeds
 
 
 def print_table(result: dict) -> None:
@@ -477,6 +520,15 @@ def print_table(result: dict) -> None:
         f"x NumPy is against the first NumPy row ({y['start']:.0f} ms/model); the same loop took"
         f" {y['end']:.0f} ms/model at the end of the run"
     )
+    b = result.get("bound")
+    if b:
+        print(
+            f"bound at {b['seeds']} seeds: the trainer's products and updates alone (floor)"
+            f" {b['floor_ms_per_model']:.1f} ms/model + the command's fixed cost (its 1-epoch"
+            f" run) {b['fixed_ms_per_model']:.1f} ms/model = {b['command_ms_per_model']:.1f}"
+            f" ms/model = {b['x_numpy']:.1f}x NumPy at best; {b['target_x_numpy']:.0f}x needs"
+            f" {b['target_ms_per_model']:.1f} ms/model"
+        )
 
 
 def plot(result: dict, path: Path) -> None:
@@ -496,7 +548,7 @@ def plot(result: dict, path: Path) -> None:
         with_compile = [r["ms_per_model"] + 1e3 * r["compile_s"] / r["models"] for r in vr]
         ax.plot(x, with_compile, "o--", color=line[0].get_color(), label=f"{variant}: + compile")
     for r in rows:
-        if r["name"] == NUMPY_AGAIN:
+        if r["name"] in (NUMPY_AGAIN, FIXED_COST):
             continue
         if r["name"].startswith(("numpy", "scikit", "pytorch eager")):
             ax.axhline(r["ms_per_model"], ls=":", color="gray")
@@ -509,7 +561,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set(ylabel="ms per model", title="Time per model, reference workload")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -518,11 +570,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.worker:
         _worker_main(args.worker)
         return None
+    from prtm_jax.results import write_atomic
+
     result = run_all(args)
     print_table(result)
     out = Path(args.out)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    plot(result, out / "time_per_model.png")
+    write_atomic(out / "results.json", lambda p: p.write_text(json.dumps(result, indent=2)))
+    write_atomic(out / "time_per_model.png", lambda p: plot(result, p))
     print(f"\nwrote {out / 'results.json'} and {out / 'time_per_model.png'}")
     return result
 

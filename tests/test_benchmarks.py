@@ -1,11 +1,19 @@
 """The benchmark is not a test: this only checks that it runs end to end at a tiny size."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+from benchmarks.floor import make_floor_train, target
+from benchmarks.run import FIXED_COST, command_bound
+from prtm_jax.train import TrainSpec, make_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +39,94 @@ def test_quick_benchmark_writes_table_json_and_plot(tmp_path):
         ("plain", 4),
         ("tuned", 1),
         ("tuned", 4),
+        ("floor", 1),
+        ("floor", 4),
     ]
-    assert sum(n.startswith("prtm2 end to end") for n in names) == 2
+    assert sum(n.startswith("prtm2 end to end") for n in names) == 3
+    b = result["bound"]
+    floor_4 = jax_rows[-1]["ms_per_model"]
+    fixed = next(r for r in result["rows"] if r["name"] == "prtm2 end to end tuned, 1 epoch")
+    assert b["command_ms_per_model"] == pytest.approx(floor_4 + fixed["ms_per_model"])
+    assert b["x_numpy"] == pytest.approx(
+        result["yardstick_ms"]["start"] / (floor_4 + fixed["ms_per_model"])
+    )
+    assert "bound at 4 seeds" in proc.stdout
     for r in result["rows"]:
         assert r["ms_per_model"] > 0 and r["x_numpy"] > 0 and r["peak_rss_mib"] > 0
     assert all(r["compile_s"] > 0 for r in jax_rows)
     assert (tmp_path / "time_per_model.png").stat().st_size > 0
+
+
+def _linear_sgd_float64(ws, x_ND, t_BC, lr, epochs, batch):
+    """The floor's updates in float64 NumPy: a linear net fitting t_BC by least squares."""
+    ws = [np.array(w, np.float64) for w in ws]
+    n = len(x_ND)
+    for _ in range(epochs):
+        for i in range(-(-n // batch)):
+            start = min(i * batch, n - batch)
+            acts = [np.asarray(x_ND[start : start + batch], np.float64)]
+            for w in ws:
+                acts.append(acts[-1] @ w)
+            g = acts.pop() - np.asarray(t_BC, np.float64)
+            grads = []
+            for layer in reversed(range(len(ws))):
+                grads.append(acts[layer].T @ g)
+                g = g @ ws[layer].T
+            ws = [w - lr * gw for w, gw in zip(ws, reversed(grads), strict=True)]
+    return ws
+
+
+def test_floor_runs_the_sgd_updates_of_a_linear_net_against_float64():
+    sizes, n, batch, epochs, lr = (6, 16, 8, 5), 70, 32, 3, 0.01  # a partial last batch
+    key = jax.random.key(3)
+    x = jax.random.normal(jax.random.key(4), (n, sizes[0]))
+    out = make_floor_train(sizes, epochs, batch)(key, x, None, lr)
+    # The start weights, drawn as the floor draws them.
+    start = make_floor_train(sizes, 0, batch)(key, x, None, lr).weights
+    t = target(key, batch, sizes[-1])
+    want = _linear_sgd_float64(start, np.asarray(x), np.asarray(t), lr, epochs, batch)
+    assert [w.shape for w in out.weights] == [(6, 16), (16, 8), (8, 5)]
+    for got, ref, w0 in zip(out.weights, want, start, strict=True):
+        assert not np.allclose(ref, w0)  # the updates moved every weight
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+
+
+def _dots(fn, *args):
+    """(result shape, lhs and rhs contracting dims) of each dot XLA compiles for fn, sorted."""
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    pattern = (
+        r"= (f32\[[\d,]*\]).* dot\(.*lhs_contracting_dims=\{(\d)\}.*rhs_contracting_dims=\{(\d)\}"
+    )
+    return sorted(re.search(pattern, ln).groups() for ln in hlo.splitlines() if " dot(" in ln)
+
+
+def test_floor_runs_the_same_matrix_products_as_the_trainer():
+    # The floor is a floor of the trainer only if it does the trainer's products, as the
+    # trainer lays them out (mlp.dense), on the same vmapped shapes.
+    sizes, epochs, batch = (10, 64, 32, 10), 2, 32
+    keys = jax.random.split(jax.random.key(0), 2)
+    x = jnp.zeros((2, 100, sizes[0]))
+    y = jnp.zeros((2, 100), jnp.int32)
+    train = make_train(TrainSpec(sizes=(0, *sizes[1:]), epochs=epochs, batch_size=batch))
+    floor = make_floor_train(sizes, epochs, batch)
+    trainer_dots = _dots(jax.vmap(lambda k, a, b: train(k, a, b, 0.1)), keys, x, y)
+    floor_dots = _dots(jax.vmap(lambda k, a, b: floor(k, a, b, 0.1)), keys, x, y)
+    assert len(trainer_dots) == 8  # 3 forward, 3 weight gradients, 2 input gradients
+    assert floor_dots == trainer_dots
+
+
+def test_command_bound_adds_the_floor_and_the_fixed_cost():
+    rows = [
+        {
+            "name": "prtm_jax floor, 256 seeds",
+            "variant": "floor",
+            "seeds": 256,
+            "ms_per_model": 40.0,
+        },
+        {"name": "prtm_jax floor, 16 seeds", "variant": "floor", "seeds": 16, "ms_per_model": 99.0},
+        {"name": FIXED_COST, "variant": "tuned", "seeds": 256, "ms_per_model": 20.0},
+    ]
+    b = command_bound(rows, 256, numpy_ms=600.0)
+    assert b["command_ms_per_model"] == 60.0 and b["x_numpy"] == 10.0
+    assert b["target_ms_per_model"] == 40.0
+    assert command_bound(rows[1:], 256, numpy_ms=600.0) is None  # no floor at 256 seeds
