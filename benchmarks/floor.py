@@ -6,9 +6,10 @@ matrix products, laid out by `mlp.dense` as in the trainer (3 forward, 3 weight 
 2 input gradients: the first layer's input gradient is never computed), then the SGD update of
 each weight. There are no biases, no activation, no softmax and no mask: the network is linear
 and fits a fixed random target by least squares, so the only other work is the error at the
-output (logits - target) and the updates. A trainer of this MLP built from XLA's operations does
-at least this work per step, so the time of this program is a floor under it, measured on the
-same machine in the same benchmark run.
+output (logits - target), the transposes `mlp.dense` materialises and the updates. The trainer
+does all of this and more every step, so the time of this program is a floor under it, measured
+on the same machine in the same benchmark run (docs/performance.md: with jax.grad's own product
+layout the floor is no lower).
 """
 
 from __future__ import annotations
