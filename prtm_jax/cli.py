@@ -7,9 +7,11 @@ composed and validated first; a bad one stops the command with one line on stder
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,9 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
     # "Best single" is the better of the one-view models (concat and wb see both views).
     singles = [m.name for m in task.models if m.view != "concat"]
     fused = [f.name for f in task.fusions]
+    # The statistics' imports (scipy, statsmodels: 1-2 s) run while XLA compiles, which
+    # releases the GIL; the summary below waits for them on Python's import lock.
+    threading.Thread(target=importlib.import_module, args=("prtm_jax.stats",), daemon=True).start()
     t0 = time.perf_counter()
     metrics = experiment.run_seeds(cfg)
     seconds = time.perf_counter() - t0
