@@ -134,6 +134,20 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _import_statistics_in_background(cfg: Config) -> threading.Thread:
+    """Start importing prtm_jax.stats (scipy, statsmodels: 1-2 s) in a thread, to run while
+    XLA compiles the experiment (compiling releases the GIL)."""
+    if cfg.data.source == "digits":
+        from prtm_jax import images
+
+        # load_digits imports scikit-learn and with it scipy: done here, before the thread
+        # starts, so that two threads never import scipy's modules at the same time.
+        images.digits_arrays()
+    thread = threading.Thread(target=importlib.import_module, args=("prtm_jax.stats",))
+    thread.start()
+    return thread
+
+
 def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every seed (at every grid point) of `cfg`; write seeds.csv and summary.json."""
     import jax
@@ -146,11 +160,12 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
     # "Best single" is the better of the one-view models (concat and wb see both views).
     singles = [m.name for m in task.models if m.view != "concat"]
     fused = [f.name for f in task.fusions]
-    # The statistics' imports (scipy, statsmodels: 1-2 s) run while XLA compiles, which
-    # releases the GIL; the summary below waits for them on Python's import lock.
-    threading.Thread(target=importlib.import_module, args=("prtm_jax.stats",), daemon=True).start()
+    stats_import = _import_statistics_in_background(cfg)
     t0 = time.perf_counter()
-    metrics = experiment.run_seeds(cfg)
+    try:
+        metrics = experiment.run_seeds(cfg)
+    finally:
+        stats_import.join()
     seconds = time.perf_counter() - t0
     points = experiment.grid_points(cfg)
     at = [

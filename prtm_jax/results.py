@@ -21,6 +21,12 @@ SUMMARY_FILE = "summary.json"
 RELIABILITY_FILE = "reliability.csv"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp_path)`, then rename tmp_path onto `path`; no half-written file remains."""
     path = Path(path)
@@ -29,6 +35,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have made
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

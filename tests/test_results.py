@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -71,3 +72,13 @@ def test_importing_results_and_the_cli_leaves_scipy_for_the_background_thread():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_write_atomic_gives_the_file_the_mode_open_would(tmp_path):
+    # mkstemp makes 0600 files; a result file should be as readable as any other the user writes.
+    mask = os.umask(0o022)
+    try:
+        results.write_atomic(tmp_path / "a.txt", lambda p: p.write_text("x"))
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
