@@ -7,11 +7,9 @@ composed and validated first; a bad one stops the command with one line on stder
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -134,20 +132,6 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _import_statistics_in_background(cfg: Config) -> threading.Thread:
-    """Start importing prtm_jax.stats (scipy, statsmodels: 1-2 s) in a thread, to run while
-    XLA compiles the experiment (compiling releases the GIL)."""
-    if cfg.data.source == "digits":
-        from prtm_jax import images
-
-        # load_digits imports scikit-learn and with it scipy: done here, before the thread
-        # starts, so that two threads never import scipy's modules at the same time.
-        images.digits_arrays()
-    thread = threading.Thread(target=importlib.import_module, args=("prtm_jax.stats",))
-    thread.start()
-    return thread
-
-
 def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every seed (at every grid point) of `cfg`; write seeds.csv and summary.json."""
     import jax
@@ -160,12 +144,8 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
     # "Best single" is the better of the one-view models (concat and wb see both views).
     singles = [m.name for m in task.models if m.view != "concat"]
     fused = [f.name for f in task.fusions]
-    stats_import = _import_statistics_in_background(cfg)
     t0 = time.perf_counter()
-    try:
-        metrics = experiment.run_seeds(cfg)
-    finally:
-        stats_import.join()
+    metrics = experiment.run_seeds(cfg)
     seconds = time.perf_counter() - t0
     points = experiment.grid_points(cfg)
     at = [

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from prtm_jax.stats import bootstrap_ci, describe
+
 SEEDS_FILE = "seeds.csv"
 SUMMARY_FILE = "summary.json"
 RELIABILITY_FILE = "reliability.csv"
@@ -93,10 +95,6 @@ def summarize(df: pd.DataFrame, singles: list[str], fused: list[str]) -> dict[st
     The best single model is the one with the highest mean accuracy; differences are paired
     by seed, over seeds where every model involved is ok.
     """
-    # Imported here, not with this module: scipy and statsmodels take 1-2 s to import, which
-    # the `prtm` command spends in a background thread while it compiles (cli.run_job).
-    from prtm_jax.stats import bootstrap_ci, describe
-
     df = df[~df.model.str.contains("|", regex=False)]  # pair rows carry no accuracy
     ok = df[df.status == "ok"]
     out: dict[str, Any] = {"models": {}, "paired": {}}

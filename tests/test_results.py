@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -61,17 +59,6 @@ def test_complete_only_when_both_files_exist(tmp_path):
     assert not results.is_complete(tmp_path)
     results.write_run(tmp_path, df, {"models": {}})
     assert results.is_complete(tmp_path)
-
-
-def test_importing_results_and_the_cli_leaves_scipy_for_the_background_thread():
-    # cli.run_job imports the statistics (scipy, statsmodels: 1-2 s) in a thread while XLA
-    # compiles; that only helps if nothing imported before it pulls them in.
-    code = (
-        "import sys, prtm_jax.cli, prtm_jax.results, prtm_jax.experiment; "
-        "print(sorted(m for m in ('scipy', 'statsmodels', 'prtm_jax.stats') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
 
 
 def test_write_atomic_gives_the_file_the_mode_open_would(tmp_path):
