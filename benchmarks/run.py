@@ -100,13 +100,14 @@ def worker_data(a: dict) -> dict:
 def worker_jax(a: dict) -> dict:
     """prtm_jax's trainer over `seeds` seeds, each with its own data replicate.
 
-    plain: one jit(vmap) over all seeds on one device, XLA's default optimisation level,
-    weight gradients as jax.grad lays them out (`fast=False`).
-    blocks: as `run_seeds` runs by default: blocks of `chunk` seeds per device over every
-    device (on CPU one per core), the runner's fast-compile option, mlp.dense's NN weight
-    gradients (`fast=True`).
-    floor: benchmarks.floor's products-and-updates program instead of the trainer, run as
-    `blocks` runs the trainer.
+    plain: the XLA trainer in one jit(vmap) over all seeds on one device, XLA's default
+    optimisation level, weight gradients as jax.grad lays them out (`fast=False`).
+    xla: the XLA trainer as `run_seeds` runs it: blocks of `chunk` seeds per device over every
+    device (on CPU one per core, `experiment.per_device`), the runner's fast-compile option,
+    mlp.dense's NN weight gradients (`fast=True`).
+    lanes: the same, with the lanes kernel training (what `run_seeds` runs by default on CPU).
+    floor: benchmarks.floor's products-and-updates program instead of the XLA trainer, run as
+    `xla` runs the trainer.
     """
     import numpy as np
 
@@ -121,11 +122,14 @@ def worker_jax(a: dict) -> dict:
     if a.get("floor"):
         train = make_floor_train(SIZES, a["epochs"], BATCH)
     else:
-        train = make_train(TrainSpec(sizes=(0, *SIZES[1:]), epochs=a["epochs"], batch_size=BATCH))
+        spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=a["epochs"], batch_size=BATCH)
+        train = make_train(spec._replace(impl=a["impl"]))
     options = experiment.CPU_COMPILER_OPTIONS if a["fast"] else None
-    fn = jax.jit(jax.vmap(lambda k, xs, ys: train(k, xs, ys, LR)), compiler_options=options)
     chunk = min(a["chunk"] or a["seeds"], -(-a["seeds"] // jax.device_count()))
     n_dev = experiment.block_devices(a["seeds"], chunk)
+    fn = experiment.per_device(
+        jax.vmap(lambda k, xs, ys: train(k, xs, ys, LR)), n_dev, compiler_options=options
+    )
     sample = next(experiment.iter_blocks((keys, x, y), chunk))
     t = time.perf_counter()
     compiled = fn.lower(*sample).compile()
@@ -219,15 +223,16 @@ def worker_torch_vmap(a: dict) -> dict:
 
 def worker_cli(a: dict) -> dict:
     """`prtm ARGS` as a user runs it, in this fresh process with an empty compilation cache, so
-    the caller's wall time has interpreter start, imports, compile, data, training, fusion,
-    metrics and the result files. `fast=False` compiles at XLA's default optimisation level
-    instead of the runner's, with jax.grad's weight-gradient layout (the unoptimised
-    configuration, for comparison)."""
+    the caller's wall time has interpreter start, imports, compile (the lanes kernel's C build
+    too: its cache is empty as well), data, training, fusion, metrics and the result files.
+    `fast=False` compiles at XLA's default optimisation level instead of the runner's, with
+    jax.grad's weight-gradient layout (the unoptimised configuration, for comparison)."""
     import tempfile
 
     if a["device"] == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ["PRTM_CACHE_DIR"] = tempfile.mkdtemp(prefix="prtm-bench-cache-")
+    os.environ["PRTM_NATIVE_DIR"] = tempfile.mkdtemp(prefix="prtm-bench-native-")
     from prtm_jax import cli, experiment, mlp
 
     if not a["fast"]:
@@ -243,6 +248,7 @@ def worker_cli(a: dict) -> dict:
         "run_s": run_s,
         "train_s": summary["seconds"],
         "devices": summary["devices"],
+        "train_impl": summary["train_impl"],
         "accuracy": {m: s["mean"] for m, s in summary["models"].items()},
     }
 
@@ -296,16 +302,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, gpu or tpu (prtm_jax rows only)")
     p.add_argument(
         "--variants",
-        default="plain,tuned,floor",
-        help="plain: one jit(vmap) over all seeds on one device, default XLA flags,\n"
-        "jax.grad's weight gradients; tuned: as run_seeds runs by default: blocks of\n"
-        "--group seeds per device (fewer when there are fewer seeds), sharded over all\n"
-        "devices (on CPU one per core), XLA optimisation level 1 and NN weight gradients\n"
-        "(mlp.dense) on CPU; floor: the trainer's matrix products and weight updates alone\n"
-        "(benchmarks/floor.py), run as tuned runs the trainer",
+        default="plain,xla,lanes",
+        help="plain: the XLA trainer in one jit(vmap) over all seeds on one device, default\n"
+        "XLA flags, jax.grad's weight gradients; xla: the XLA trainer as run_seeds runs it:\n"
+        "blocks of --group seeds per device (fewer when there are fewer seeds), sharded over\n"
+        "all devices (on CPU one per core), XLA optimisation level 1 and NN weight gradients\n"
+        "(mlp.dense) on CPU; lanes: the same with the CPU lanes kernel training, as\n"
+        "run_seeds runs by default on CPU; floor: the XLA trainer's matrix products and\n"
+        "weight updates alone (benchmarks/floor.py), run as xla runs the trainer",
     )
     p.add_argument(
-        "--group", type=int, default=16, help="seeds per block per device (tuned, CPU: seed_chunk)"
+        "--group",
+        type=int,
+        default=16,
+        help="seeds per block per device (xla, lanes, floor on CPU: seed_chunk)",
     )
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--out", default="outputs/benchmarks", help="directory for JSON and PNG")
@@ -337,16 +347,19 @@ def variant_settings(name: str, args: argparse.Namespace) -> dict:
     """Worker arguments of a prtm_jax variant."""
     cpu = args.device == "cpu"
     if name == "plain":
-        return {"cpu_devices": 1, "chunk": 0, "fast": False}
-    if name in ("tuned", "floor"):
+        return {"cpu_devices": 1, "chunk": 0, "fast": False, "impl": "xla"}
+    if name == "lanes" and not cpu:
+        raise SystemExit("--variants: lanes is a CPU kernel; on --device gpu/tpu use plain,xla")
+    if name in ("xla", "lanes", "floor"):
         # Accelerators have no small cache to stay inside: one block of all seeds per device.
         return {
             "cpu_devices": os.cpu_count() or 1,
             "chunk": args.group if cpu else 0,
             "fast": cpu,
             "floor": name == "floor",
+            "impl": "lanes" if name == "lanes" else "xla",
         }
-    raise SystemExit(f"--variants: {name!r} is not one of: plain, tuned, floor")
+    raise SystemExit(f"--variants: {name!r} is not one of: plain, xla, lanes, floor")
 
 
 def _row(name: str, seeds: int, models: int, res: dict, flop: float, **extra) -> dict:
@@ -398,31 +411,29 @@ def run_all(args: argparse.Namespace) -> dict:
     for variant in args.variants.split(","):
         settings = variant_settings(variant, args)
         jax_args = {"device": args.device, "epochs": args.epochs, **settings}
-        counts = seeds
-        if variant == "floor" and args.e2e_seeds and args.e2e_seeds not in seeds:
-            counts = [*seeds, args.e2e_seeds]  # the bound below needs it
-        for s in counts:
+        for s in seeds:
             res = _spawn(py, {"kind": "jax", "seeds": s, **jax_args}, {})
             name = f"prtm_jax {variant}, {s} seeds"
             note(_row(name, s, s, res, flop, variant=variant, devices=res["devices"]))
         if variant == "floor":
             continue
-        # The user's command: tuned is `prtm experiment=prtm2` exactly as shipped; plain the
-        # same command on one device, one block, XLA's default optimisation level, jax.grad's
-        # weight gradients.
+        # The user's command: lanes is `prtm experiment=prtm2` exactly as shipped; xla the same
+        # with train.impl=xla; plain that on one device, one block, XLA's default optimisation
+        # level, jax.grad's weight gradients.
+        extra, fast = [], True
+        if variant != "lanes":
+            extra = ["train.impl=xla"]
         if variant == "plain":
-            extra, fast = ["cpu_devices=1", f"seed_chunk={args.e2e_seeds}"], False
-        else:
-            extra, fast = [], True
+            extra, fast = [*extra, "cpu_devices=1", f"seed_chunk={args.e2e_seeds}"], False
         cli = {"kind": "cli", "device": args.device, "fast": fast}
         if args.e2e_seeds:
             a = ["experiment=prtm2", f"seeds={args.e2e_seeds}", f"train.epochs={args.epochs}"]
             res = _spawn(py, {**cli, "args": a + extra}, {})
             # As a user runs it: interpreter start, imports, compile, data, 2 models per seed.
             res = {**res, "run_s": res["process_wall_s"]}
-            name = f"prtm2 end to end {variant}, {args.e2e_seeds}"
+            name = _e2e_name(variant, args.e2e_seeds)
             note(_row(name, args.e2e_seeds, 2 * args.e2e_seeds, res, flop, variant=variant))
-        if args.e2e_seeds and variant == "tuned":
+        if args.e2e_seeds and variant == "lanes":
             # The same command for one epoch: what it costs besides training (start, imports,
             # compile, data, evaluation, statistics, files), plus 1 % of the training.
             a = ["experiment=prtm2", f"seeds={args.e2e_seeds}", "train.epochs=1"]
@@ -430,10 +441,10 @@ def run_all(args: argparse.Namespace) -> dict:
             res = {**res, "run_s": res["process_wall_s"]}
             one = flop_per_model(1)
             note(_row(FIXED_COST, args.e2e_seeds, 2 * args.e2e_seeds, res, one, variant=variant))
-        if args.memory_seeds:
+        if args.memory_seeds and variant != "xla":
             chunk = [f"seed_chunk={args.memory_chunk}"] if variant == "plain" else []
             a = ["experiment=prtm2", f"seeds={args.memory_seeds}"]
-            a += [f"train.epochs={args.memory_epochs}", *extra[:1], *chunk]
+            a += [f"train.epochs={args.memory_epochs}", *extra[:2], *chunk]
             res = _spawn(py, {**cli, "args": a}, {})
             name = f"memory {variant}: {args.memory_seeds} seeds"
             m = 2 * args.memory_seeds
@@ -449,9 +460,7 @@ def run_all(args: argparse.Namespace) -> dict:
     return {
         "machine": _machine(),
         "yardstick_ms": {"start": numpy_ms, "end": rows[-1]["ms_per_model"]},
-        "bound": command_bound(
-            rows, args.e2e_seeds, args.epochs, (numpy_ms, rows[-1]["ms_per_model"])
-        ),
+        "target": target(rows, args.e2e_seeds, (numpy_ms, rows[-1]["ms_per_model"])),
         "workload": {
             "sizes": SIZES,
             "n_train": N_TRAIN,
@@ -465,36 +474,25 @@ def run_all(args: argparse.Namespace) -> dict:
     }
 
 
-def command_bound(
-    rows: list[dict], e2e_seeds: int, epochs: int, numpy_ms: tuple[float, float]
-) -> dict | None:
-    """How fast `prtm experiment=prtm2 seeds=e2e_seeds` could run, compile included, if its
-    training cost no more than the floor (the trainer's products and updates alone) and
-    everything else no more than in its 1-epoch run (less that epoch of the tuned trainer):
-    floor + fixed cost per model, against the NumPy loop at the start and end of the run."""
-
-    def trainer_ms(variant: str) -> list[float]:
-        return [
-            r["ms_per_model"] for r in rows if r["name"] == f"prtm_jax {variant}, {e2e_seeds} seeds"
-        ]
-
-    floor, tuned = trainer_ms("floor"), trainer_ms("tuned")
-    one_epoch = [r["ms_per_model"] for r in rows if r["name"] == FIXED_COST]
-    if not (floor and tuned and one_epoch):
+def target(rows: list[dict], e2e_seeds: int, numpy_ms: tuple[float, float]) -> dict | None:
+    """The shipped `prtm experiment=prtm2 seeds=e2e_seeds`, compile included, against the NumPy
+    loop at the start and at the end of the run, and the issue's target (TARGET_X)."""
+    e2e = [r["ms_per_model"] for r in rows if r["name"] == _e2e_name("lanes", e2e_seeds)]
+    if not e2e:
         return None
-    fixed = one_epoch[0] - tuned[0] / epochs
-    best = floor[0] + fixed
     return {
         "seeds": e2e_seeds,
-        "floor_ms_per_model": floor[0],
-        "fixed_ms_per_model": fixed,
-        "command_ms_per_model": best,
-        "x_numpy": numpy_ms[0] / best,
-        "x_numpy_end": numpy_ms[1] / best,
+        "command_ms_per_model": e2e[0],
+        "x_numpy": numpy_ms[0] / e2e[0],
+        "x_numpy_end": numpy_ms[1] / e2e[0],
         "target_x_numpy": TARGET_X,
         "target_ms_per_model": numpy_ms[0] / TARGET_X,
         "target_ms_per_model_end": numpy_ms[1] / TARGET_X,
     }
+
+
+def _e2e_name(variant: str, seeds: int) -> str:
+    return f"prtm2 end to end {variant}, {seeds}"
 
 
 def _machine() -> dict:
@@ -508,7 +506,7 @@ def _machine() -> dict:
 
 
 NUMPY_AGAIN = "numpy loop, again at the end"
-FIXED_COST = "prtm2 end to end tuned, 1 epoch"
+FIXED_COST = "prtm2 end to end lanes, 1 epoch"
 TARGET_X = 15.0  # issue 6: 15x the NumPy loop, end to end at 256 seeds
 
 
@@ -537,16 +535,14 @@ def print_table(result: dict) -> None:
         f"x NumPy is against the first NumPy row ({y['start']:.0f} ms/model); the same loop took"
         f" {y['end']:.0f} ms/model at the end of the run"
     )
-    b = result.get("bound")
-    if b:
+    t = result.get("target")
+    if t:
         print(
-            f"bound at {b['seeds']} seeds: the trainer's products and updates alone (floor)"
-            f" {b['floor_ms_per_model']:.1f} ms/model + the command's fixed cost (its 1-epoch"
-            f" run, less one epoch of training) {b['fixed_ms_per_model']:.1f} ms/model ="
-            f" {b['command_ms_per_model']:.1f} ms/model, compile included: at best"
-            f" {b['x_numpy']:.1f}x / {b['x_numpy_end']:.1f}x the NumPy loop at the start / end;"
-            f" {b['target_x_numpy']:.0f}x needs {b['target_ms_per_model']:.1f} /"
-            f" {b['target_ms_per_model_end']:.1f} ms/model"
+            f"`prtm experiment=prtm2 seeds={t['seeds']}` as shipped, compile included:"
+            f" {t['command_ms_per_model']:.1f} ms/model = {t['x_numpy']:.1f}x /"
+            f" {t['x_numpy_end']:.1f}x the NumPy loop at the start / end of the run;"
+            f" {t['target_x_numpy']:.0f}x needs {t['target_ms_per_model']:.1f} /"
+            f" {t['target_ms_per_model_end']:.1f} ms/model"
         )
 
 

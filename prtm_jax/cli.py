@@ -178,6 +178,7 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
         seconds=round(seconds, 2),
         devices=f"{experiment.block_devices(cfg.seeds * len(points), cfg.seed_chunk)}"
         f" x {jax.default_backend()}",
+        train_impl=experiment.train_impls(cfg),
         config=resolved,
     )
     results.write_run(out_dir, df, summary, reliability)

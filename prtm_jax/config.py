@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from prtm_jax.mlp import ACTIVATIONS, INITS
+from prtm_jax.train import IMPLS
 
 OPTIMIZERS = ("sgd", "adam")
 LOSS_REDUCTIONS = ("sum", "mean")
@@ -67,6 +68,7 @@ class TrainConfig:
     batch_size: int = 32
     shuffle: bool = False
     loss: str = "sum"
+    impl: str = "auto"
 
 
 @dataclass
@@ -168,6 +170,7 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
         f"train.batch_size must be <= the training rows ({n_train}), got {t.batch_size}",
     )
     _choice("train.loss", t.loss, LOSS_REDUCTIONS)
+    _choice("train.impl", t.impl, IMPLS)
     _choice("matmul_precision", cfg.matmul_precision, MATMUL_PRECISIONS)
     _require(
         0 <= cfg.dependence_seeds <= cfg.seeds,

@@ -25,7 +25,7 @@ from prtm_jax import images, metrics, mlp
 from prtm_jax.config import Config, ConfigError, grid_axes, n_classes, validate
 from prtm_jax.data import DataParams, DataShape, TwoView, make_two_view
 from prtm_jax.fusion import RULES, fit_pool_weights, fit_temperature, fuse, fused_name
-from prtm_jax.train import TrainSpec, make_train
+from prtm_jax.train import TrainSpec, lanes_unsupported, make_train, resolve_impl
 
 DATA_PURPOSE = 0
 
@@ -76,6 +76,8 @@ def validate_config(cfg: Config) -> Config:
             f"data.n_val must be >= 1 for task={cfg.task} (rules {', '.join(fitted)} are "
             f"fitted on held-out rows), got {cfg.data.n_val}"
         )
+    if cfg.train.impl == "lanes":
+        train_impls(cfg)
     return cfg
 
 
@@ -157,7 +159,24 @@ def train_spec(cfg: Config) -> TrainSpec:
         batch_size=cfg.train.batch_size,
         shuffle=cfg.train.shuffle,
         loss=cfg.train.loss,
+        impl=cfg.train.impl,
     )
+
+
+def train_impls(cfg: Config) -> dict[str, str]:
+    """{model: "xla" or "lanes"}: what trains each model of cfg's task (train.resolve_impl).
+
+    Raises ConfigError if train.impl=lanes and the kernel cannot train one of them."""
+    spec, impls = train_spec(cfg), {}
+    for m in TASKS[cfg.task].models:
+        # The W&B model's split is only known with the data; any nonzero value resolves alike.
+        m_spec = spec._replace(film_split=int(m.film))
+        if spec.impl == "lanes" and (reason := lanes_unsupported(m_spec)):
+            raise ConfigError(
+                f"train.impl=lanes cannot train model {m.name}: {reason} (use auto or xla)"
+            )
+        impls[m.name] = resolve_impl(m_spec)
+    return impls
 
 
 def make_run(
@@ -300,11 +319,25 @@ def static_key(cfg: Config) -> StaticKey:
 CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
+def per_device(fn: Callable[..., Any], n_devices: int, **jit_kwargs: Any) -> Callable[..., Any]:
+    """jit(fn) for blocks sharded by `seed_sharding(n_devices)`: each device runs fn on its own
+    items (fn maps over a leading item axis). shard_map, not jit's automatic partitioning: the
+    partitioner cannot split the lanes kernel's custom call and would run it whole on every
+    device. Nothing in fn communicates across devices, so replication is not tracked
+    (check_vma=False: the trainer's scan carries start from constants)."""
+    if n_devices > 1:
+        mesh = jax.sharding.Mesh(np.array(jax.devices()[:n_devices]), ("seeds",))
+        spec = jax.sharding.PartitionSpec("seeds")
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+    return jax.jit(fn, **jit_kwargs)
+
+
 @functools.cache
-def compiled_runner(key: StaticKey) -> Callable[[jax.Array, HParams], dict]:
-    """jit(vmap(run)) over a block of (seed key, hyper-parameters) items; one per StaticKey."""
+def compiled_runner(key: StaticKey, n_devices: int) -> Callable[[jax.Array, HParams], dict]:
+    """vmap(run) over a block of (seed key, hyper-parameters) items, sharded over n_devices,
+    jitted; one per (StaticKey, n_devices)."""
     options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-    return jax.jit(jax.vmap(make_run(key)), compiler_options=options)
+    return per_device(jax.vmap(make_run(key)), n_devices, compiler_options=options)
 
 
 def block_devices(n_items: int, chunk: int) -> int:
@@ -378,7 +411,7 @@ def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
     point_I = np.repeat(np.arange(len(points)), cfg.seeds)
     seed_I = np.tile(np.arange(cfg.seeds), len(points))
     items = (seed_keys(cfg.root_seed, seed_I), jax.tree.map(lambda v: v[point_I], hp))
-    run = compiled_runner(static_key(cfg))
+    run = compiled_runner(static_key(cfg), block_devices(len(point_I), cfg.seed_chunk))
     merged = run_in_blocks(run, items, cfg.seed_chunk, progress=cfg.progress)
     shaped = jax.tree.map(lambda a: a.reshape(len(points), cfg.seeds, *a.shape[1:]), merged)
     return {name: shaped[name] for name in model_names(TASKS[cfg.task])}

@@ -17,7 +17,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prtm_jax import mlp
+from prtm_jax import mlp, native
+
+# How a spec is trained: "xla" is the scan below, on any backend; "lanes" is the CPU kernel
+# (native.py, csrc/lanes.c), which trains 16 seeds per SIMD register; "auto" is "lanes" where
+# it can train the spec (lanes_unsupported) and "xla" elsewhere. The two are the same SGD with
+# float32 sums in different orders, so per-seed results differ at the last bits, and training
+# amplifies that (docs/performance.md): a result records the one that ran (resolve_impl).
+IMPLS = ("auto", "xla", "lanes")
 
 
 class TrainSpec(NamedTuple):
@@ -32,6 +39,7 @@ class TrainSpec(NamedTuple):
     shuffle: bool = False
     loss: str = "sum"
     film_split: int = 0  # > 0: the W&B first layer, view 1 = the first film_split columns
+    impl: str = "auto"  # one of IMPLS
 
 
 class TrainOut(NamedTuple):
@@ -55,10 +63,38 @@ def make_optimizer(name: str, lr: jax.Array | float) -> optax.GradientTransforma
     raise ValueError(f"optim.name={name!r} is not one of: sgd, adam")
 
 
+def lanes_unsupported(spec: TrainSpec) -> str | None:
+    """Why the lanes kernel cannot train `spec` here, in a few words (None: it can)."""
+    if spec.activation != "relu":
+        return f"it trains relu networks, not {spec.activation}"
+    if spec.optimizer != "sgd":
+        return f"it runs plain SGD, not {spec.optimizer}"
+    if spec.shuffle:
+        return "it takes batches in order, not shuffled"
+    if spec.film_split:
+        return "it does not train the W&B (FiLM) network"
+    if len(spec.sizes) - 1 > native.MAX_LAYERS:
+        return f"it trains at most {native.MAX_LAYERS} layers"
+    return native.available()
+
+
+def resolve_impl(spec: TrainSpec) -> str:
+    """The implementation that trains `spec` here: "xla" or "lanes"."""
+    if spec.impl not in IMPLS:
+        raise ValueError(f"train.impl={spec.impl!r} is not one of: {', '.join(IMPLS)}")
+    if spec.impl == "auto":
+        return "xla" if lanes_unsupported(spec) else "lanes"
+    return spec.impl
+
+
 def make_train(
     spec: TrainSpec,
 ) -> Callable[[jax.Array, jax.Array, jax.Array, jax.Array | float], TrainOut]:
     """Return `train(key, x (N, D), y (N,), lr) -> TrainOut`, pure and vmappable."""
+    if resolve_impl(spec) == "lanes":
+        if reason := lanes_unsupported(spec):
+            raise ValueError(f"train.impl='lanes' cannot train this model: {reason}")
+        return _make_train_lanes(spec)
     batch = spec.batch_size
 
     def batch_loss(params: mlp.Params, x_BD: jax.Array, y_B: jax.Array, m_B: jax.Array):
@@ -107,5 +143,38 @@ def make_train(
         keys = jax.random.split(k_order, spec.epochs)
         (params, _), loss_E = jax.lax.scan(epoch, (params, opt.init(params)), keys)
         return TrainOut(params, loss_E)
+
+    return train
+
+
+def _make_train_lanes(
+    spec: TrainSpec,
+) -> Callable[[jax.Array, jax.Array, jax.Array, jax.Array | float], TrainOut]:
+    """The same `train` as the scan's, run by the lanes kernel (one XLA custom call).
+
+    Parameters start from the same `mlp.init` draw. Under vmap every argument is broadcast
+    to the seed axis, and the kernel trains the seeds 16 at a time.
+    """
+
+    def train(key: jax.Array, x_ND: jax.Array, y_N: jax.Array, lr: jax.Array | float) -> TrainOut:
+        n = x_ND.shape[0]
+        if spec.batch_size > n:
+            raise ValueError(
+                f"batch_size ({spec.batch_size}) must be <= the number of training rows ({n})"
+            )
+        params = mlp.init(jax.random.fold_in(key, 0), (x_ND.shape[1], *spec.sizes[1:]), spec.init)
+        flat = [a for layer in params for a in layer]
+        opts = jnp.array([spec.batch_size, spec.loss == "mean"], jnp.int32)
+        shapes = [jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in flat]
+        shapes.append(jax.ShapeDtypeStruct((spec.epochs,), jnp.float32))
+        call = jax.ffi.ffi_call(native.TARGET, shapes, vmap_method="broadcast_all")
+        *trained, loss_E = call(
+            x_ND.astype(jnp.float32),
+            y_N.astype(jnp.int32),
+            jnp.asarray(lr, jnp.float32),
+            opts,
+            *flat,
+        )
+        return TrainOut([tuple(trained[i : i + 2]) for i in range(0, len(trained), 2)], loss_E)
 
     return train

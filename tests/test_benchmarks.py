@@ -1,5 +1,5 @@
 """The benchmark is not a test: this checks that it runs end to end at a tiny size, that its
-floor program does the trainer's products and updates, and how it derives the command's bound."""
+floor program does the XLA trainer's products and updates, and how it states the target."""
 
 import json
 import re
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from benchmarks.floor import make_floor_train, target
-from benchmarks.run import FIXED_COST, command_bound
+from benchmarks.run import FIXED_COST
+from benchmarks.run import target as run_target
 from prtm_jax.experiment import CPU_COMPILER_OPTIONS
 from prtm_jax.train import TrainSpec, make_train
 
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_quick_benchmark_writes_table_json_and_plot(tmp_path):
     cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)]
+    cmd += ["--variants", "plain,xla,lanes,floor"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x NumPy" in proc.stdout
@@ -39,19 +41,21 @@ def test_quick_benchmark_writes_table_json_and_plot(tmp_path):
     assert [(r["variant"], r["seeds"]) for r in jax_rows] == [
         ("plain", 1),
         ("plain", 4),
-        ("tuned", 1),
-        ("tuned", 4),
+        ("xla", 1),
+        ("xla", 4),
+        ("lanes", 1),
+        ("lanes", 4),
         ("floor", 1),
         ("floor", 4),
     ]
-    assert sum(n.startswith("prtm2 end to end") for n in names) == 3
-    # The bound is taken from this run's rows at the end-to-end seed count.
-    b = result["bound"]
-    assert b["floor_ms_per_model"] == jax_rows[-1]["ms_per_model"]
-    assert b["x_numpy_end"] == pytest.approx(
-        result["yardstick_ms"]["end"] / b["command_ms_per_model"]
-    )
-    assert "bound at 4 seeds" in proc.stdout
+    # plain, xla and lanes end to end, and the shipped (lanes) command for one epoch.
+    assert sum(n.startswith("prtm2 end to end") for n in names) == 4
+    e2e = next(r for r in result["rows"] if r["name"] == "prtm2 end to end lanes, 4")
+    assert e2e["raw"]["train_impl"] == {"weight": "lanes", "bias": "lanes"}
+    t = result["target"]
+    assert t["command_ms_per_model"] == e2e["ms_per_model"]
+    assert t["x_numpy_end"] == pytest.approx(result["yardstick_ms"]["end"] / e2e["ms_per_model"])
+    assert "`prtm experiment=prtm2 seeds=4` as shipped" in proc.stdout
     for r in result["rows"]:
         assert r["ms_per_model"] > 0 and r["peak_rss_mib"] > 0
         partial = r["name"] == FIXED_COST or r["name"].startswith("memory")
@@ -110,7 +114,8 @@ def test_floor_runs_the_same_matrix_products_as_the_trainer():
     keys = jax.random.split(jax.random.key(0), 2)
     x = jnp.zeros((2, 100, sizes[0]))
     y = jnp.zeros((2, 100), jnp.int32)
-    train = make_train(TrainSpec(sizes=(0, *sizes[1:]), epochs=epochs, batch_size=batch))
+    spec = TrainSpec(sizes=(0, *sizes[1:]), epochs=epochs, batch_size=batch, impl="xla")
+    train = make_train(spec)
     floor = make_floor_train(sizes, epochs, batch)
     trainer_dots = _dots(jax.vmap(lambda k, a, b: train(k, a, b, 0.1)), keys, x, y)
     floor_dots = _dots(jax.vmap(lambda k, a, b: floor(k, a, b, 0.1)), keys, x, y)
@@ -118,18 +123,13 @@ def test_floor_runs_the_same_matrix_products_as_the_trainer():
     assert floor_dots == trainer_dots
 
 
-def test_command_bound_adds_the_floor_and_the_fixed_cost_less_one_epoch():
-    def row(name, variant, seeds, ms):
-        return {"name": name, "variant": variant, "seeds": seeds, "ms_per_model": ms}
+def test_target_compares_the_shipped_command_with_both_ends_of_the_yardstick():
+    def row(name, ms):
+        return {"name": name, "ms_per_model": ms}
 
-    rows = [
-        row("prtm_jax floor, 256 seeds", "floor", 256, 40.0),
-        row("prtm_jax floor, 16 seeds", "floor", 16, 99.0),
-        row("prtm_jax tuned, 256 seeds", "tuned", 256, 50.0),
-        row(FIXED_COST, "tuned", 256, 20.5),  # 1 of 10 epochs of the tuned trainer: 5 ms
-    ]
-    b = command_bound(rows, 256, 10, numpy_ms=(600.0, 450.0))
-    assert b["fixed_ms_per_model"] == 15.5 and b["command_ms_per_model"] == 55.5
-    assert b["x_numpy"] == 600.0 / 55.5 and b["x_numpy_end"] == 450.0 / 55.5
-    assert b["target_ms_per_model"] == 40.0 and b["target_ms_per_model_end"] == 30.0
-    assert command_bound(rows[1:], 256, 10, numpy_ms=(600.0, 450.0)) is None  # no floor at 256
+    rows = [row("prtm2 end to end xla, 256", 70.0), row("prtm2 end to end lanes, 256", 40.0)]
+    t = run_target(rows, 256, numpy_ms=(600.0, 450.0))
+    assert t["command_ms_per_model"] == 40.0
+    assert t["x_numpy"] == 15.0 and t["x_numpy_end"] == 450.0 / 40.0
+    assert t["target_ms_per_model"] == 40.0 and t["target_ms_per_model_end"] == 30.0
+    assert run_target(rows, 64, numpy_ms=(600.0, 450.0)) is None  # no end-to-end row at 64

@@ -50,11 +50,11 @@ def test_noise_and_learning_rate_changes_reuse_one_compiled_program(tiny_cfg):
         )
         experiment.run_seeds(cfg)
     assert experiment.compiled_runner.cache_info().currsize == 1
-    assert experiment.compiled_runner(experiment.static_key(tiny_cfg))._cache_size() == 1
+    assert experiment.compiled_runner(experiment.static_key(tiny_cfg), 1)._cache_size() == 1
     # Another seed_chunk is another block shape: a second program (an uneven last block is
     # padded, so it adds none).
     experiment.run_seeds(dataclasses.replace(tiny_cfg, seeds=5, seed_chunk=2))
-    assert experiment.compiled_runner(experiment.static_key(tiny_cfg))._cache_size() == 2
+    assert experiment.compiled_runner(experiment.static_key(tiny_cfg), 1)._cache_size() == 2
 
 
 @pytest.mark.parametrize(

@@ -34,11 +34,17 @@ def _init(spec: TrainSpec, key, x, y):
     return make_train(spec._replace(epochs=0))(key, x, y, 0.0).params
 
 
+IMPLS = pytest.mark.parametrize("impl", ["xla", "lanes"])
+
+
+@IMPLS
 @pytest.mark.parametrize(
     ("loss", "lr", "batch"), [("sum", 0.02, 32), ("mean", 0.5, 32), ("sum", 0.02, 100)]
 )
-def test_matches_float64_numpy_sgd(loss, lr, batch):
-    spec = TrainSpec(sizes=(0, *SIZES[1:]), init="he", epochs=4, batch_size=batch, loss=loss)
+def test_matches_float64_numpy_sgd(loss, lr, batch, impl):
+    spec = TrainSpec(
+        sizes=(0, *SIZES[1:]), init="he", epochs=4, batch_size=batch, loss=loss, impl=impl
+    )
     x, y = _problem(0)
     key = jax.random.key(7)
     init = [(np.asarray(w), np.asarray(b)) for w, b in _init(spec, key, x, y)]
@@ -51,8 +57,9 @@ def test_matches_float64_numpy_sgd(loss, lr, batch):
         np.testing.assert_allclose(gb, wb, rtol=1e-4, atol=1e-5)
 
 
-def test_vmapped_seeds_each_match_their_own_numpy_run():
-    spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=3, batch_size=32)
+@IMPLS
+def test_vmapped_seeds_each_match_their_own_numpy_run(impl):
+    spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=3, batch_size=32, impl=impl)
     data = [_problem(s) for s in range(3)]
     x_SND = jnp.stack([x for x, _ in data])
     y_SN = jnp.stack([y for _, y in data])
@@ -66,8 +73,9 @@ def test_vmapped_seeds_each_match_their_own_numpy_run():
             np.testing.assert_allclose(gb[s], wb, rtol=1e-4, atol=1e-5)
 
 
-def test_epoch_loss_is_the_mean_cross_entropy_of_the_rows_seen():
-    spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=1, batch_size=32)
+@IMPLS
+def test_epoch_loss_is_the_mean_cross_entropy_of_the_rows_seen(impl):
+    spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=1, batch_size=32, impl=impl)
     x, y = _problem(2)
     key = jax.random.key(3)
     init = _init(spec, key, x, y)
@@ -77,11 +85,12 @@ def test_epoch_loss_is_the_mean_cross_entropy_of_the_rows_seen():
     np.testing.assert_allclose(loss_E[0], -logits[np.arange(len(y)), y].mean(), rtol=1e-5)
 
 
-def test_runs_under_shard_map_over_seeds():
+@IMPLS
+def test_runs_under_shard_map_over_seeds(impl):
     # The multi-device path (seeds sharded over devices): every carry must vary with the seed.
     from jax.sharding import Mesh, PartitionSpec
 
-    spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=2, batch_size=32)
+    spec = TrainSpec(sizes=(0, *SIZES[1:]), epochs=2, batch_size=32, impl=impl)
     data = [_problem(s) for s in range(2)]
     x_SND, y_SN = jnp.stack([x for x, _ in data]), jnp.stack([y for _, y in data])
     keys = jax.random.split(jax.random.key(4), 2)

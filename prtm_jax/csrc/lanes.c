@@ -1,0 +1,322 @@
+/* SGD training of many small ReLU MLPs at once, one seed per SIMD lane.
+ *
+ * prtm_jax/native.py builds this file at first use and registers `prtm_sgd_lanes` as an XLA FFI
+ * target on the CPU; prtm_jax/train.py calls it through jax.ffi.ffi_call. It trains exactly
+ * what train.py's XLA trainer trains for its supported specs (ReLU hidden layers, softmax
+ * cross-entropy summed or averaged over the batch, plain SGD, batches in order, the last one
+ * partial), with float32 arithmetic summed in a different order.
+ *
+ * Why lanes: a seed's products are at most 32x64x32, too small for a matrix library to run at
+ * speed, and every seed runs the same program on its own numbers. Here a `vf` holds one number
+ * of LANES seeds, so every multiply-add of every product, whatever its shape or transposition,
+ * is one full-width vector instruction with no shuffles, and a whole SGD step (forward,
+ * softmax, backward, updates) is one pass over a block of LANES seeds that stays in L2
+ * (docs/performance.md).
+ *
+ * Call frame (all buffers row-major, any number of leading "seed" axes, flattened to S):
+ *   args: x f32 [S, N, D], y s32 [S, N], lr f32 [S], opts s32 [S, 2] = (batch, mean_loss),
+ *         then w_1 f32 [S, d_0, d_1], b_1 f32 [S, d_1], ..., w_L, b_L (initial parameters)
+ *   rets: the trained w_1, b_1, ..., w_L, b_L (same shapes), loss f32 [S, E]: the mean
+ *         cross-entropy of the training rows in each of the E epochs, as seen during it.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xla/ffi/api/c_api.h"
+
+#define LANES 16
+typedef float vf __attribute__((vector_size(LANES * 4)));
+typedef int32_t vi __attribute__((vector_size(LANES * 4)));
+
+#define MAX_LAYERS 16
+
+static inline vf splat(float a) { return (vf){0} + a; }
+static inline vf where_gt0(vf m, vf x) { return (vf)((vi)x & (vi)(m > 0)); }
+static inline vf vsel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+
+/* exp(x) for x <= 0 (softmax after subtracting the max): 2^n * p(r), |r| <= ln2/2, relative
+ * error ~2e-7; underflows to 0 below -87.3. NaN in, NaN out. */
+static inline vf vexp(vf x) {
+  const float lo = -87.33654f;
+  vi under = x < lo;
+  vf t = x * 1.44269504088896341f;
+  vf n = t + splat(12582912.0f) - splat(12582912.0f); /* round to nearest */
+  vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf y = p * (vf)vsel(under, (vf){0}, (vf)e);
+  return y;
+}
+
+/* log(x) for x >= 1 (a softmax denominator): frexp, then a polynomial (Cephes' logf). */
+static inline vf vlog(vf x) {
+  vi bits = (vi)x;
+  vi e = ((bits >> 23) & 0xff) - 126;
+  vf m = (vf)((bits & 0x007fffff) | 0x3f000000); /* in [0.5, 1) */
+  vi small = m < 0.70710678f;
+  vf ef = __builtin_convertvector(e, vf) - vsel(small, splat(1.0f), (vf){0});
+  m = m + vsel(small, m, (vf){0}) - 1.0f;
+  vf z = m * m;
+  vf p = splat(7.0376836292e-2f);
+  p = p * m - 1.1514610310e-1f;
+  p = p * m + 1.1676998740e-1f;
+  p = p * m - 1.2420140846e-1f;
+  p = p * m + 1.4249322787e-1f;
+  p = p * m - 1.6668057665e-1f;
+  p = p * m + 2.0000714765e-1f;
+  p = p * m - 2.4999993993e-1f;
+  p = p * m + 3.3333331174e-1f;
+  vf y = p * m * z - 2.12194440e-4f * ef - 0.5f * z + m + 0.693359375f * ef;
+  return vsel(x == x, y, x); /* NaN stays NaN */
+}
+
+/* C[i, j] = sum_k A[i*sai + k*sak] * B[k*sbk + j*sbj] (store), or C[i, j] += alpha * that
+ * (update), for i < M, j < N, in register tiles of TM x TN. Every operand is a vf, so the
+ * strides choose NN, TN or NT layouts at no cost. */
+#define DEFINE_TILE(TM, TN)                                                                  \
+  static void tile_##TM##x##TN(int i0, int i1, int j0, int j1, int K, const vf *A, int sai,  \
+                               int sak, const vf *B, int sbk, int sbj, vf *C, int sci,       \
+                               vf alpha, int update) {                                        \
+    for (int i = i0; i < i1; i += TM)                                                         \
+      for (int j = j0; j < j1; j += TN) {                                                     \
+        vf acc[TM][TN];                                                                       \
+        _Pragma("GCC unroll 8") for (int a = 0; a < TM; a++)                                  \
+          _Pragma("GCC unroll 8") for (int b = 0; b < TN; b++) acc[a][b] = (vf){0};          \
+        for (int k = 0; k < K; k++) {                                                         \
+          vf av[TM], bv[TN];                                                                  \
+          _Pragma("GCC unroll 8") for (int a = 0; a < TM; a++) av[a] = A[(i + a) * sai + k * sak]; \
+          _Pragma("GCC unroll 8") for (int b = 0; b < TN; b++) bv[b] = B[k * sbk + (j + b) * sbj]; \
+          _Pragma("GCC unroll 8") for (int a = 0; a < TM; a++)                                \
+            _Pragma("GCC unroll 8") for (int b = 0; b < TN; b++) acc[a][b] += av[a] * bv[b];  \
+        }                                                                                     \
+        _Pragma("GCC unroll 8") for (int a = 0; a < TM; a++)                                  \
+          _Pragma("GCC unroll 8") for (int b = 0; b < TN; b++) {                              \
+            vf *c = &C[(i + a) * sci + j + b];                                                \
+            *c = update ? *c + alpha * acc[a][b] : acc[a][b];                                 \
+          }                                                                                   \
+      }                                                                                       \
+  }
+DEFINE_TILE(4, 4)
+DEFINE_TILE(4, 5)
+DEFINE_TILE(4, 3)
+DEFINE_TILE(4, 2)
+DEFINE_TILE(4, 1)
+DEFINE_TILE(1, 4)
+DEFINE_TILE(1, 5)
+DEFINE_TILE(1, 3)
+DEFINE_TILE(1, 2)
+DEFINE_TILE(1, 1)
+
+typedef void tile_fn(int, int, int, int, int, const vf *, int, int, const vf *, int, int, vf *,
+                     int, vf, int);
+
+static void gemm(int M, int N, int K, const vf *A, int sai, int sak, const vf *B, int sbk,
+                 int sbj, vf *C, int sci, vf alpha, int update) {
+  /* Column tiles of 4 (or 5, for widths such as 10), the rest 1 wide; row tiles of 4, the rest
+   * 1 high. */
+  static tile_fn *const by_width[2][6] = {
+      {0, tile_1x1, tile_1x2, tile_1x3, tile_1x4, tile_1x5},
+      {0, tile_4x1, tile_4x2, tile_4x3, tile_4x4, tile_4x5},
+  };
+  int tn = N % 4 == 0 ? 4 : N % 5 == 0 ? 5 : 4;
+  int n_main = N - N % tn, m_main = M - M % 4;
+  const int cols[2][2] = {{0, n_main}, {n_main, N}};
+  for (int c = 0; c < 2; c++) {
+    int j0 = cols[c][0], j1 = cols[c][1];
+    if (j1 <= j0) continue;
+    int w = c == 0 ? tn : 1;
+    if (m_main > 0) by_width[1][w](0, m_main, j0, j1, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, update);
+    if (M > m_main) by_width[0][w](m_main, M, j0, j1, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, update);
+  }
+}
+
+typedef struct {
+  int L;               /* layers */
+  int d[MAX_LAYERS + 1]; /* widths d_0 .. d_L */
+  int N, E, batch, mean_loss;
+  vf *w[MAX_LAYERS], *b[MAX_LAYERS]; /* [d_{l} x d_{l+1}], [d_{l+1}] */
+  vf *act[MAX_LAYERS + 1];           /* act[0] is the batch's input rows; act[L] logits */
+  vf *delta[MAX_LAYERS + 1];
+  vf *x;      /* [N x d_0] */
+  vi *y;      /* [N] */
+  vf *loss_E; /* [E] */
+  vf lr;
+} Net;
+
+/* One SGD step on rows [r0, r0 + B) for every lane; returns the rows' summed cross-entropy. */
+static vf sgd_step(Net *n, int r0, int B) {
+  const int L = n->L;
+  const vf zero = {0};
+  n->act[0] = n->x + (size_t)r0 * n->d[0];
+  for (int l = 0; l < L; l++) {
+    int di = n->d[l], dout = n->d[l + 1];
+    vf *out = n->act[l + 1];
+    gemm(B, dout, di, n->act[l], di, 1, n->w[l], dout, 1, out, dout, zero, 0);
+    for (int r = 0; r < B; r++)
+      for (int j = 0; j < dout; j++) {
+        vf h = out[r * dout + j] + n->b[l][j];
+        /* ReLU as jax.nn.relu: NaN stays NaN, so a diverging seed is seen as one. */
+        out[r * dout + j] = l + 1 < L ? vsel(h <= 0, zero, h) : h;
+      }
+  }
+  /* Softmax cross-entropy: delta_L = scale * (softmax - onehot), loss += logsumexp - logit_y. */
+  const int C = n->d[L];
+  vf scale = splat(n->mean_loss ? 1.0f / B : 1.0f);
+  vf *logits = n->act[L], *dL = n->delta[L], loss = zero;
+  for (int r = 0; r < B; r++) {
+    vf *z = &logits[r * C], *dz = &dL[r * C];
+    vi y = n->y[r0 + r];
+    vf m = z[0];
+    for (int c = 1; c < C; c++) m = vsel(z[c] > m, z[c], m);
+    m = vsel(m == m, m, zero); /* a NaN row stays NaN through z - m */
+    vf sum = zero, zy = zero;
+    for (int c = 0; c < C; c++) {
+      dz[c] = vexp(z[c] - m);
+      sum += dz[c];
+      zy += vsel(y == c, z[c], zero);
+    }
+    loss += vlog(sum) + m - zy;
+    vf inv = scale / sum;
+    for (int c = 0; c < C; c++) dz[c] = dz[c] * inv - vsel(y == c, scale, zero);
+  }
+  /* Backward, layer by layer: the input gradient uses w before w is updated. */
+  vf nlr = -n->lr;
+  for (int l = L - 1; l >= 0; l--) {
+    int di = n->d[l], dout = n->d[l + 1];
+    vf *g = n->delta[l + 1], *a = n->act[l];
+    if (l > 0) {
+      vf *ga = n->delta[l];
+      gemm(B, di, dout, g, dout, 1, n->w[l], 1, dout, ga, di, zero, 0);
+      for (int i = 0; i < B * di; i++) ga[i] = where_gt0(a[i], ga[i]);
+    }
+    /* w -= lr * a^T g;  b -= lr * sum_rows g */
+    gemm(di, dout, B, a, 1, di, g, dout, 1, n->w[l], dout, nlr, 1);
+    for (int j = 0; j < dout; j++) {
+      vf s = zero;
+      for (int r = 0; r < B; r++) s += g[r * dout + j];
+      n->b[l][j] += nlr * s;
+    }
+  }
+  return loss;
+}
+
+static void train_block(Net *n) {
+  const vf zero = {0};
+  for (int e = 0; e < n->E; e++) {
+    vf loss = zero;
+    for (int r0 = 0; r0 < n->N; r0 += n->batch) {
+      int B = n->N - r0 < n->batch ? n->N - r0 : n->batch;
+      loss += sgd_step(n, r0, B);
+    }
+    n->loss_E[e] = loss / (float)n->N;
+  }
+}
+
+static XLA_FFI_Error *error(const XLA_FFI_CallFrame *frame, const char *msg) {
+  XLA_FFI_Error_Create_Args args = {XLA_FFI_Error_Create_Args_STRUCT_SIZE, NULL, msg,
+                                    XLA_FFI_Error_Code_INVALID_ARGUMENT};
+  return frame->api->XLA_FFI_Error_Create(&args);
+}
+
+static int64_t elems(const XLA_FFI_Buffer *buf, int from) {
+  int64_t n = 1;
+  for (int64_t i = from; i < buf->rank; i++) n *= buf->dims[i];
+  return n;
+}
+
+XLA_FFI_Error *prtm_sgd_lanes(XLA_FFI_CallFrame *frame) {
+  if (frame->extension_start && frame->extension_start->type == XLA_FFI_Extension_Metadata) {
+    XLA_FFI_Metadata_Extension *ext = (XLA_FFI_Metadata_Extension *)frame->extension_start;
+    ext->metadata->api_version = (XLA_FFI_Api_Version){XLA_FFI_Api_Version_STRUCT_SIZE, NULL,
+                                                       XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR};
+    ext->metadata->traits = 0;
+    return NULL;
+  }
+  if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE) return NULL;
+  const int64_t n_args = frame->args.size, n_rets = frame->rets.size;
+  const int L = (int)(n_args - 4) / 2;
+  if (n_args < 6 || n_args % 2 || n_rets != 2 * L + 1 || L > MAX_LAYERS)
+    return error(frame, "prtm_sgd_lanes: expected x, y, lr, opts and (w, b) per layer");
+  XLA_FFI_Buffer **arg = (XLA_FFI_Buffer **)frame->args.args;
+  XLA_FFI_Buffer **ret = (XLA_FFI_Buffer **)frame->rets.rets;
+  const XLA_FFI_Buffer *xb = arg[0];
+  const int64_t S = elems(xb, 0) / elems(xb, xb->rank - 2);
+  Net net;
+  net.L = L;
+  net.N = (int)xb->dims[xb->rank - 2];
+  net.d[0] = (int)xb->dims[xb->rank - 1];
+  for (int l = 0; l < L; l++) net.d[l + 1] = (int)arg[4 + 2 * l + 1]->dims[arg[4 + 2 * l + 1]->rank - 1];
+  const int32_t *opts = (const int32_t *)arg[3]->data;
+  net.batch = opts[0];
+  net.mean_loss = opts[1];
+  const XLA_FFI_Buffer *lossb = ret[2 * L];
+  net.E = (int)lossb->dims[lossb->rank - 1];
+  if (net.batch < 1 || net.batch > net.N) return error(frame, "prtm_sgd_lanes: bad batch size");
+
+  /* One allocation per call: lane-major data, parameters, activations and errors. */
+  size_t n_par = 0, n_act = 0;
+  for (int l = 0; l <= L; l++) {
+    if (l < L) n_par += (size_t)net.d[l] * net.d[l + 1] + net.d[l + 1];
+    if (l > 0) n_act += 2 * (size_t)net.batch * net.d[l];
+  }
+  size_t n_vf = (size_t)net.N * net.d[0] + n_par + n_act + net.E;
+  vf *mem = aligned_alloc(64, n_vf * sizeof(vf) + net.N * sizeof(vi));
+  if (!mem) return error(frame, "prtm_sgd_lanes: out of memory");
+  vf *p = mem;
+  net.x = p, p += (size_t)net.N * net.d[0];
+  for (int l = 0; l < L; l++) {
+    net.w[l] = p, p += (size_t)net.d[l] * net.d[l + 1];
+    net.b[l] = p, p += net.d[l + 1];
+  }
+  for (int l = 1; l <= L; l++) {
+    net.act[l] = p, p += (size_t)net.batch * net.d[l];
+    net.delta[l] = p, p += (size_t)net.batch * net.d[l];
+  }
+  net.loss_E = p, p += net.E;
+  net.y = (vi *)p;
+
+  const float *x = xb->data, *lr = arg[2]->data;
+  const int32_t *y = arg[1]->data;
+  float *loss = lossb->data;
+  const int64_t row = (int64_t)net.N * net.d[0];
+  for (int64_t s0 = 0; s0 < S; s0 += LANES) {
+    /* Lanes past the last seed repeat it, and are not written back. */
+    int64_t src[LANES];
+    for (int k = 0; k < LANES; k++) src[k] = s0 + k < S ? s0 + k : S - 1;
+    for (int64_t i = 0; i < row; i++)
+      for (int k = 0; k < LANES; k++) net.x[i][k] = x[src[k] * row + i];
+    for (int i = 0; i < net.N; i++)
+      for (int k = 0; k < LANES; k++) net.y[i][k] = y[src[k] * net.N + i];
+    for (int k = 0; k < LANES; k++) net.lr[k] = lr[src[k]];
+    for (int l = 0; l < L; l++) {
+      const float *w = arg[4 + 2 * l]->data, *b = arg[5 + 2 * l]->data;
+      int64_t nw = (int64_t)net.d[l] * net.d[l + 1], nb = net.d[l + 1];
+      for (int64_t i = 0; i < nw; i++)
+        for (int k = 0; k < LANES; k++) net.w[l][i][k] = w[src[k] * nw + i];
+      for (int64_t i = 0; i < nb; i++)
+        for (int k = 0; k < LANES; k++) net.b[l][i][k] = b[src[k] * nb + i];
+    }
+    train_block(&net);
+    int live = S - s0 < LANES ? (int)(S - s0) : LANES;
+    for (int l = 0; l < L; l++) {
+      float *w = ret[2 * l]->data, *b = ret[2 * l + 1]->data;
+      int64_t nw = (int64_t)net.d[l] * net.d[l + 1], nb = net.d[l + 1];
+      for (int k = 0; k < live; k++) {
+        for (int64_t i = 0; i < nw; i++) w[(s0 + k) * nw + i] = net.w[l][i][k];
+        for (int64_t i = 0; i < nb; i++) b[(s0 + k) * nb + i] = net.b[l][i][k];
+      }
+    }
+    for (int k = 0; k < live; k++)
+      for (int e = 0; e < net.E; e++) loss[(s0 + k) * net.E + e] = net.loss_E[e][k];
+  }
+  free(mem);
+  return NULL;
+}
