@@ -78,13 +78,19 @@ static inline vf vlog(vf x) {
   return vsel(x == x, y, x); /* NaN stays NaN */
 }
 
-/* C[i, j] = sum_k A[i*sai + k*sak] * B[k*sbk + j*sbj] (store), or C[i, j] += alpha * that
- * (update), for i < M, j < N, in register tiles of TM x TN. Every operand is a vf, so the
- * strides choose NN, TN or NT layouts at no cost. */
+/* What a product does with each result P[i, j] as it leaves the registers (its "epilogue"):
+ * store it; add alpha * P to C (an SGD update); keep P where mask[i, j] > 0 (ReLU's
+ * derivative); add bias[j]; add bias[j], then ReLU. Fused here, they cost no extra pass over
+ * memory, and each is the same arithmetic, in the same order, as a separate loop. */
+enum { EPI_STORE, EPI_UPDATE, EPI_MASK, EPI_BIAS, EPI_BIAS_RELU };
+
+/* P[i, j] = sum_k A[i*sai + k*sak] * B[k*sbk + j*sbj] for i in [i0, i1), j in [j0, j1), in
+ * register tiles of TM x TN, then the epilogue into C[i*sci + j]. Every operand is a vf, so
+ * the strides choose NN, TN or NT layouts at no cost. */
 #define DEFINE_TILE(TM, TN)                                                                  \
   static void tile_##TM##x##TN(int i0, int i1, int j0, int j1, int K, const vf *A, int sai,  \
                                int sak, const vf *B, int sbk, int sbj, vf *C, int sci,       \
-                               vf alpha, int update) {                                        \
+                               vf alpha, int epi, const vf *bias, const vf *mask) {           \
     for (int i = i0; i < i1; i += TM)                                                         \
       for (int j = j0; j < j1; j += TN) {                                                     \
         vf acc[TM][TN];                                                                       \
@@ -99,8 +105,13 @@ static inline vf vlog(vf x) {
         }                                                                                     \
         _Pragma("GCC unroll 8") for (int a = 0; a < TM; a++)                                  \
           _Pragma("GCC unroll 8") for (int b = 0; b < TN; b++) {                              \
-            vf *c = &C[(i + a) * sci + j + b];                                                \
-            *c = update ? *c + alpha * acc[a][b] : acc[a][b];                                 \
+            int o = (i + a) * sci + j + b;                                                    \
+            vf v = acc[a][b];                                                                 \
+            if (epi == EPI_UPDATE) v = C[o] + alpha * v;                                      \
+            else if (epi >= EPI_BIAS) v += bias[j + b];                                        \
+            if (epi == EPI_BIAS_RELU) v = vsel(v <= 0, (vf){0}, v);                           \
+            if (epi == EPI_MASK) v = where_gt0(mask[o], v);                                   \
+            C[o] = v;                                                                         \
           }                                                                                   \
       }                                                                                       \
   }
@@ -116,10 +127,10 @@ DEFINE_TILE(1, 2)
 DEFINE_TILE(1, 1)
 
 typedef void tile_fn(int, int, int, int, int, const vf *, int, int, const vf *, int, int, vf *,
-                     int, vf, int);
+                     int, vf, int, const vf *, const vf *);
 
 static void gemm(int M, int N, int K, const vf *A, int sai, int sak, const vf *B, int sbk,
-                 int sbj, vf *C, int sci, vf alpha, int update) {
+                 int sbj, vf *C, int sci, vf alpha, int epi, const vf *bias, const vf *mask) {
   /* Column tiles of 4 (or 5, for widths such as 10), the rest 1 wide; row tiles of 4, the rest
    * 1 high. */
   static tile_fn *const by_width[2][6] = {
@@ -133,8 +144,8 @@ static void gemm(int M, int N, int K, const vf *A, int sai, int sak, const vf *B
     int j0 = cols[c][0], j1 = cols[c][1];
     if (j1 <= j0) continue;
     int w = c == 0 ? tn : 1;
-    if (m_main > 0) by_width[1][w](0, m_main, j0, j1, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, update);
-    if (M > m_main) by_width[0][w](m_main, M, j0, j1, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, update);
+    if (m_main > 0) by_width[1][w](0, m_main, j0, j1, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, epi, bias, mask);
+    if (M > m_main) by_width[0][w](m_main, M, j0, j1, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, epi, bias, mask);
   }
 }
 
@@ -159,13 +170,9 @@ static vf sgd_step(Net *n, int r0, int B) {
   for (int l = 0; l < L; l++) {
     int di = n->d[l], dout = n->d[l + 1];
     vf *out = n->act[l + 1];
-    gemm(B, dout, di, n->act[l], di, 1, n->w[l], dout, 1, out, dout, zero, 0);
-    for (int r = 0; r < B; r++)
-      for (int j = 0; j < dout; j++) {
-        vf h = out[r * dout + j] + n->b[l][j];
-        /* ReLU as jax.nn.relu: NaN stays NaN, so a diverging seed is seen as one. */
-        out[r * dout + j] = l + 1 < L ? vsel(h <= 0, zero, h) : h;
-      }
+    /* ReLU as jax.nn.relu: NaN stays NaN, so a diverging seed is seen as one. */
+    int epi = l + 1 < L ? EPI_BIAS_RELU : EPI_BIAS;
+    gemm(B, dout, di, n->act[l], di, 1, n->w[l], dout, 1, out, dout, zero, epi, n->b[l], NULL);
   }
   /* Softmax cross-entropy: delta_L = scale * (softmax - onehot), loss += logsumexp - logit_y. */
   const int C = n->d[L];
@@ -194,11 +201,10 @@ static vf sgd_step(Net *n, int r0, int B) {
     vf *g = n->delta[l + 1], *a = n->act[l];
     if (l > 0) {
       vf *ga = n->delta[l];
-      gemm(B, di, dout, g, dout, 1, n->w[l], 1, dout, ga, di, zero, 0);
-      for (int i = 0; i < B * di; i++) ga[i] = where_gt0(a[i], ga[i]);
+      gemm(B, di, dout, g, dout, 1, n->w[l], 1, dout, ga, di, zero, EPI_MASK, NULL, a);
     }
     /* w -= lr * a^T g;  b -= lr * sum_rows g */
-    gemm(di, dout, B, a, 1, di, g, dout, 1, n->w[l], dout, nlr, 1);
+    gemm(di, dout, B, a, 1, di, g, dout, 1, n->w[l], dout, nlr, EPI_UPDATE, NULL, NULL);
     for (int j = 0; j < dout; j++) {
       vf s = zero;
       for (int r = 0; r < B; r++) s += g[r * dout + j];
