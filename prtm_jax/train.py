@@ -1,12 +1,13 @@
 """Training as one pure function of a key: `make_train(spec)` -> `train(key, x, y, lr)`.
 
-Epochs and minibatches are nested `lax.scan`s. Each step slices its batch straight out of the
-training rows, so no padded or reordered copy of the data is ever made (docs/performance.md).
-The last, partial batch (2000 rows in batches of 32 leave 16) is the final `batch_size` rows
-with the ones already used this epoch masked out, so every step sees exactly the seed's rows
-and the seed's 6,300 steps are reproduced. The learning rate is traced, so a sweep over it does
-not recompile.
-"""
+On the CPU, ReLU networks trained by plain SGD on in-order batches run in the lanes kernel
+(`_make_train_lanes`, csrc/lanes.c); everything else, and every spec on other backends, in XLA,
+as follows. Epochs and minibatches are nested `lax.scan`s. Each step slices its batch straight
+out of the training rows, so no padded or reordered copy of the data is ever made
+(docs/performance.md). The last, partial batch (2000 rows in batches of 32 leave 16) is the
+final `batch_size` rows with the ones already used this epoch masked out, so every step sees
+exactly the seed's rows and the seed's 6,300 steps are reproduced. The learning rate is traced,
+so a sweep over it does not recompile."""
 
 from __future__ import annotations
 
@@ -87,6 +88,13 @@ def resolve_impl(spec: TrainSpec) -> str:
     return spec.impl
 
 
+def _check_batch(spec: TrainSpec, n_rows: int) -> None:
+    if spec.batch_size > n_rows:
+        raise ValueError(
+            f"batch_size ({spec.batch_size}) must be <= the number of training rows ({n_rows})"
+        )
+
+
 def make_train(
     spec: TrainSpec,
 ) -> Callable[[jax.Array, jax.Array, jax.Array, jax.Array | float], TrainOut]:
@@ -108,8 +116,7 @@ def make_train(
 
     def train(key: jax.Array, x_ND: jax.Array, y_N: jax.Array, lr: jax.Array | float) -> TrainOut:
         n = x_ND.shape[0]
-        if batch > n:
-            raise ValueError(f"batch_size ({batch}) must be <= the number of training rows ({n})")
+        _check_batch(spec, n)
         n_batches = -(-n // batch)
         k_init, k_order = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
         params = mlp.init(k_init, (x_ND.shape[1], *spec.sizes[1:]), spec.init, spec.film_split)
@@ -157,11 +164,7 @@ def _make_train_lanes(
     """
 
     def train(key: jax.Array, x_ND: jax.Array, y_N: jax.Array, lr: jax.Array | float) -> TrainOut:
-        n = x_ND.shape[0]
-        if spec.batch_size > n:
-            raise ValueError(
-                f"batch_size ({spec.batch_size}) must be <= the number of training rows ({n})"
-            )
+        _check_batch(spec, x_ND.shape[0])
         params = mlp.init(jax.random.fold_in(key, 0), (x_ND.shape[1], *spec.sizes[1:]), spec.init)
         flat = [a for layer in params for a in layer]
         opts = jnp.array([spec.batch_size, spec.loss == "mean"], jnp.int32)
