@@ -279,6 +279,17 @@ def seed_keys(root_seed: int, seeds: np.ndarray) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, jnp.asarray(seeds, jnp.uint32))
 
 
+@functools.partial(jax.jit, static_argnums=0)  # root seeds may exceed int32
+def _seed_key_data(root_seed: int, seeds: jax.Array) -> jax.Array:
+    return jax.random.key_data(seed_keys(root_seed, seeds))
+
+
+def seed_key_data(root_seed: int, seeds: np.ndarray) -> np.ndarray:
+    """`key_data(seed_keys(root_seed, seeds))` on the host, from one compiled program: run
+    eagerly, seed_keys compiles four small ones."""
+    return np.asarray(_seed_key_data(root_seed, np.asarray(seeds, np.uint32)))
+
+
 def grid_points(cfg: Config) -> list[dict[str, float]]:
     """The in-process grid: one dict {axis: value} per point (one empty dict if no grid)."""
     axes = grid_axes(cfg)
@@ -286,7 +297,8 @@ def grid_points(cfg: Config) -> list[dict[str, float]]:
 
 
 def grid_hparams(cfg: Config, points: list[dict[str, float]]) -> HParams:
-    """HParams with a leading (points,) axis on every leaf."""
+    """HParams with a leading (points,) axis on every leaf, as float32 NumPy arrays (cutting
+    them into blocks on the host compiles nothing)."""
 
     def at(point: dict[str, float]) -> HParams:
         hp = hparams(cfg)
@@ -294,7 +306,7 @@ def grid_hparams(cfg: Config, points: list[dict[str, float]]) -> HParams:
         data = hp.data._replace(**{k: v for k, v in point.items() if k != "lr"})
         return HParams(data, lr)
 
-    return jax.tree.map(lambda *v: jnp.asarray(v, jnp.float32), *[at(p) for p in points])
+    return jax.tree.map(lambda *v: np.asarray(v, np.float32), *[at(p) for p in points])
 
 
 class StaticKey(NamedTuple):
@@ -334,10 +346,17 @@ def per_device(fn: Callable[..., Any], n_devices: int, **jit_kwargs: Any) -> Cal
 
 @functools.cache
 def compiled_runner(key: StaticKey, n_devices: int) -> Callable[[jax.Array, HParams], dict]:
-    """vmap(run) over a block of (seed key, hyper-parameters) items, sharded over n_devices,
-    jitted; one per (StaticKey, n_devices)."""
+    """vmap(run) over a block of (seed key data, hyper-parameters) items, sharded over
+    n_devices, jitted; one per (StaticKey, n_devices). The items are host arrays (uint32 key
+    data from `seed_key_data`, `grid_hparams`), so that cutting them into blocks compiles
+    nothing."""
     options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-    return per_device(jax.vmap(make_run(key)), n_devices, compiler_options=options)
+    run_seed = make_run(key)
+
+    def run(key_data: jax.Array, hp: HParams) -> dict[str, dict[str, jax.Array]]:
+        return run_seed(jax.random.wrap_key_data(key_data), hp)
+
+    return per_device(jax.vmap(run), n_devices, compiler_options=options)
 
 
 def block_devices(n_items: int, chunk: int) -> int:
@@ -410,7 +429,7 @@ def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
     hp = grid_hparams(cfg, points)
     point_I = np.repeat(np.arange(len(points)), cfg.seeds)
     seed_I = np.tile(np.arange(cfg.seeds), len(points))
-    items = (seed_keys(cfg.root_seed, seed_I), jax.tree.map(lambda v: v[point_I], hp))
+    items = (seed_key_data(cfg.root_seed, seed_I), jax.tree.map(lambda v: v[point_I], hp))
     run = compiled_runner(static_key(cfg), block_devices(len(point_I), cfg.seed_chunk))
     merged = run_in_blocks(run, items, cfg.seed_chunk, progress=cfg.progress)
     shaped = jax.tree.map(lambda a: a.reshape(len(points), cfg.seeds, *a.shape[1:]), merged)

@@ -1,5 +1,6 @@
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
@@ -143,3 +144,15 @@ def test_fast_compile_option_keeps_every_result(tiny_cfg, monkeypatch):
             else:
                 rtol = 2e-3 if model == "fused_pool" else 1e-5
                 np.testing.assert_allclose(fast[model][name], value, rtol=rtol, err_msg=msg)
+
+
+@pytest.mark.parametrize("root_seed", [0, 12345, 2**31, 2**40 + 3])
+def test_host_seed_key_data_are_the_seed_keys(root_seed):
+    # run_seeds cuts its items into blocks on the host: the keys must be seed_keys' exactly.
+    from prtm_jax import experiment
+
+    seeds = np.r_[np.arange(40), [2**31, 2**32 - 1]].astype(np.uint32)
+    host = experiment.seed_key_data(root_seed, seeds)
+    ref = jax.random.key_data(experiment.seed_keys(root_seed, seeds))
+    assert isinstance(host, np.ndarray) and host.dtype == np.uint32
+    np.testing.assert_array_equal(host, np.asarray(ref))
