@@ -269,6 +269,10 @@ def _worker_main(spec: str) -> None:
     res = WORKERS[a["kind"]](a)
     res.update(peak_rss_bytes=_peak_rss(), loadavg=os.getloadavg())
     print("RESULT " + json.dumps(res), flush=True)
+    if a["kind"] == "cli":
+        from prtm_jax import cli
+
+        cli.exit_now()  # as the `prtm` script ends (cli.console_main)
 
 
 # --- the driver ---------------------------------------------------------------------------------

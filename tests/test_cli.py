@@ -85,7 +85,7 @@ def _prtm(tmp_path, name, *args):
         [
             sys.executable,
             "-c",
-            "from prtm_jax.cli import main; main()",
+            "from prtm_jax.cli import console_main; console_main()",  # the `prtm` script
             *args,
             f"hydra.run.dir={out}",
         ],
