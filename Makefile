@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m prtm_jax.native
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

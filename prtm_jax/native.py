@@ -8,6 +8,8 @@ cluster node with other vector units each get their own build, and a build is wr
 atomically (two processes may race to build it; both get a whole library).
 
 The cache is `$PRTM_NATIVE_DIR`, else `$XDG_CACHE_HOME/prtm_jax/native` (`~/.cache/...`).
+`python -m prtm_jax.native` builds it ahead of time (the Makefile's install step does), so that
+a first run does not wait for the compiler.
 """
 
 from __future__ import annotations
@@ -106,3 +108,21 @@ def available() -> str | None:
     except Unavailable as e:
         return str(e)
     return None
+
+
+def main() -> None:
+    """Build the kernel now and say where it is, or why it is not used (exit status 0 both ways:
+    without it, training falls back to XLA)."""
+    import time
+
+    t = time.perf_counter()
+    try:
+        path = build()
+    except Unavailable as e:
+        print(f"lanes kernel unavailable: {e}; training runs in XLA (train.impl=auto)")
+        return
+    print(f"lanes kernel: {path} ({time.perf_counter() - t:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -56,6 +56,7 @@ def test_quick_benchmark_writes_table_json_and_plot(tmp_path):
     assert t["command_ms_per_model"] == e2e["ms_per_model"]
     assert t["x_numpy_end"] == pytest.approx(result["yardstick_ms"]["end"] / e2e["ms_per_model"])
     assert "`prtm experiment=prtm2 seeds=4` as shipped" in proc.stdout
+    assert result["lanes_build_s"] > 0 and "lanes kernel's C build took" in proc.stdout
     for r in result["rows"]:
         assert r["ms_per_model"] > 0 and r["peak_rss_mib"] > 0
         partial = r["name"] == FIXED_COST or r["name"].startswith("memory")

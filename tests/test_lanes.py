@@ -147,3 +147,11 @@ def test_build_is_cached_and_a_missing_compiler_falls_back_to_xla(tmp_path):
     assert why.startswith(f"no working C compiler ({tmp_path / 'no-such-cc'}: ")
     assert why.endswith("); set CC")
     assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
+    # `python -m prtm_jax.native` (make's install step) says so, and does not fail the install.
+    cmd = [sys.executable, "-m", "prtm_jax.native"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("lanes kernel unavailable: no working C compiler (")
+    env["CC"] = os.environ.get("CC", "cc")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.startswith(f"lanes kernel: {tmp_path}/lanes-")
+    assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
