@@ -317,8 +317,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, gpu or tpu (prtm_jax rows only)")
     p.add_argument(
         "--variants",
-        default="plain,xla,lanes",
-        help="plain: the XLA trainer in one jit(vmap) over all seeds on one device, default\n"
+        default=None,
+        help="default: plain,xla,lanes on cpu, plain,xla elsewhere.\n"
+        "plain: the XLA trainer in one jit(vmap) over all seeds on one device, default\n"
         "XLA flags, jax.grad's weight gradients; xla: the XLA trainer as run_seeds runs it:\n"
         "blocks of --group seeds per device (fewer when there are fewer seeds), sharded over\n"
         "all devices (on CPU one per core), XLA optimisation level 1 and NN weight gradients\n"
@@ -351,6 +352,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-epochs", type=int, default=1, help="memory does not grow with epochs")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.variants is None:
+        args.variants = "plain,xla,lanes" if args.device == "cpu" else "plain,xla"
     if args.quick:
         args.epochs, args.seeds = 2, "1,4"
         args.numpy_models = args.sklearn_models = 1

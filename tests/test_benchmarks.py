@@ -134,3 +134,14 @@ def test_target_compares_the_shipped_command_with_both_ends_of_the_yardstick():
     assert t["x_numpy"] == 15.0 and t["x_numpy_end"] == 450.0 / 40.0
     assert t["target_ms_per_model"] == 40.0 and t["target_ms_per_model_end"] == 30.0
     assert run_target(rows, 64, numpy_ms=(600.0, 450.0)) is None  # no end-to-end row at 64
+
+
+def test_the_lanes_variant_is_cpu_only_and_not_a_default_elsewhere():
+    from benchmarks.run import parse_args, variant_settings
+
+    assert parse_args([]).variants == "plain,xla,lanes"
+    gpu = parse_args(["--device", "gpu"])
+    assert gpu.variants == "plain,xla"  # `--device gpu` alone runs
+    with pytest.raises(SystemExit, match="lanes is a CPU kernel"):
+        variant_settings("lanes", gpu)
+    assert variant_settings("lanes", parse_args([]))["impl"] == "lanes"
