@@ -1,15 +1,16 @@
-"""The CPU training kernel (`csrc/lanes.c`): built with the machine's C compiler at first use.
+"""The CPU training kernel (`csrc/lanes.c`), built with the machine's C compiler.
 
-`load()` compiles the kernel for this CPU (`-O3 -march=native`) into a cache directory, loads
-it and registers it with XLA as the FFI target `TARGET`; it returns None, with the reason in
-`load.why`, when that is not possible (no C compiler, not a CPU backend). The build is keyed by
+`load()` compiles the kernel for this CPU (`-O3 -march=native`) into a cache directory unless
+it is there, loads it and registers it with XLA as the FFI target `TARGET`; it raises
+`Unavailable` when that is not possible (no C compiler, not a CPU backend), and `available()`
+returns that reason instead (None: usable). The build is keyed by
 the source, XLA's FFI header, the compiler and the CPU, so a changed kernel, a new jaxlib or a
 cluster node with other vector units each get their own build, and a build is written
 atomically (two processes may race to build it; both get a whole library).
 
 The cache is `$PRTM_NATIVE_DIR`, else `$XDG_CACHE_HOME/prtm_jax/native` (`~/.cache/...`).
 `python -m prtm_jax.native` builds it ahead of time (the Makefile's install step does), so that
-a first run does not wait for the compiler.
+a first run does not wait for the compiler; otherwise the first use builds it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 /* SGD training of many small ReLU MLPs at once, one seed per SIMD lane.
  *
- * prtm_jax/native.py builds this file at first use and registers `prtm_sgd_lanes` as an XLA FFI
- * target on the CPU; prtm_jax/train.py calls it through jax.ffi.ffi_call. It trains exactly
+ * prtm_jax/native.py builds this file (at install, or else at first use) and registers
+ * `prtm_sgd_lanes` as an XLA FFI target on the CPU; prtm_jax/train.py calls it through jax.ffi.ffi_call. It trains exactly
  * what train.py's XLA trainer trains for its supported specs (ReLU hidden layers, softmax
  * cross-entropy summed or averaged over the batch, plain SGD, batches in order, the last one
  * partial), with float32 arithmetic summed in a different order.
