@@ -117,13 +117,11 @@ enum { EPI_STORE, EPI_UPDATE, EPI_MASK, EPI_BIAS, EPI_BIAS_RELU };
   }
 DEFINE_TILE(4, 4)
 DEFINE_TILE(4, 5)
-DEFINE_TILE(4, 3)
-DEFINE_TILE(4, 2)
 DEFINE_TILE(4, 1)
+DEFINE_TILE(5, 4)
+DEFINE_TILE(5, 1)
 DEFINE_TILE(1, 4)
 DEFINE_TILE(1, 5)
-DEFINE_TILE(1, 3)
-DEFINE_TILE(1, 2)
 DEFINE_TILE(1, 1)
 
 typedef void tile_fn(int, int, int, int, int, const vf *, int, int, const vf *, int, int, vf *,
@@ -131,27 +129,23 @@ typedef void tile_fn(int, int, int, int, int, const vf *, int, int, const vf *, 
 
 static void gemm(int M, int N, int K, const vf *A, int sai, int sak, const vf *B, int sbk,
                  int sbj, vf *C, int sci, vf alpha, int epi, const vf *bias, const vf *mask) {
-  /* Column tiles of 4 (or 5, for widths such as 10), the rest 1 wide; row tiles of 4, the rest
-   * 1 high. */
-  static tile_fn *const by_width[2][6] = {
-      {0, tile_1x1, tile_1x2, tile_1x3, tile_1x4, tile_1x5},
-      {0, tile_4x1, tile_4x2, tile_4x3, tile_4x4, tile_4x5},
-  };
+  /* Register tiles of 4 x 4; 4 x 5 for widths such as 10 and 5 x 4 for heights such as 10.
+   * The rest of the rows and columns in tiles 1 high or 1 wide. */
   int tn = N % 4 == 0 ? 4 : N % 5 == 0 ? 5 : 4;
-  int n_main = N - N % tn, m_main = M - M % 4;
-  const int cols[2][2] = {{0, n_main}, {n_main, N}};
-  for (int c = 0; c < 2; c++) {
-    int j0 = cols[c][0], j1 = cols[c][1];
-    if (j1 <= j0) continue;
-    int w = c == 0 ? tn : 1;
-    if (m_main > 0) by_width[1][w](0, m_main, j0, j1, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, epi, bias, mask);
-    if (M > m_main) by_width[0][w](m_main, M, j0, j1, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, epi, bias, mask);
-  }
+  int tm = M % 4 && M % 5 == 0 && tn == 4 ? 5 : 4;
+  tile_fn *main = tm == 5 ? tile_5x4 : tn == 5 ? tile_4x5 : tile_4x4;
+  tile_fn *right = tm == 5 ? tile_5x1 : tile_4x1, *below = tn == 5 ? tile_1x5 : tile_1x4;
+  int n_main = N - N % tn, m_main = M - M % tm;
+  if (m_main && n_main) main(0, m_main, 0, n_main, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, epi, bias, mask);
+  if (m_main && N > n_main) right(0, m_main, n_main, N, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, epi, bias, mask);
+  if (M > m_main && n_main) below(m_main, M, 0, n_main, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, epi, bias, mask);
+  if (M > m_main && N > n_main) tile_1x1(m_main, M, n_main, N, K, A, sai, sak, B, sbk, sbj, C, sci, alpha, epi, bias, mask);
 }
 
 typedef struct {
   int L;               /* layers */
   int d[MAX_LAYERS + 1]; /* widths d_0 .. d_L */
+  int ld[MAX_LAYERS + 1]; /* row strides of act[l] and delta[l]: d_l, made odd for l > 0 */
   int N, E, batch, mean_loss;
   vf *w[MAX_LAYERS], *b[MAX_LAYERS]; /* [d_{l} x d_{l+1}], [d_{l+1}] */
   vf *act[MAX_LAYERS + 1];           /* act[0] is the batch's input rows; act[L] logits */
@@ -172,14 +166,15 @@ static vf sgd_step(Net *n, int r0, int B) {
     vf *out = n->act[l + 1];
     /* ReLU as jax.nn.relu: NaN stays NaN, so a diverging seed is seen as one. */
     int epi = l + 1 < L ? EPI_BIAS_RELU : EPI_BIAS;
-    gemm(B, dout, di, n->act[l], di, 1, n->w[l], dout, 1, out, dout, zero, epi, n->b[l], NULL);
+    gemm(B, dout, di, n->act[l], n->ld[l], 1, n->w[l], dout, 1, out, n->ld[l + 1], zero, epi,
+         n->b[l], NULL);
   }
   /* Softmax cross-entropy: delta_L = scale * (softmax - onehot), loss += logsumexp - logit_y. */
-  const int C = n->d[L];
+  const int C = n->d[L], ldC = n->ld[L];
   vf scale = splat(n->mean_loss ? 1.0f / B : 1.0f);
   vf *logits = n->act[L], *dL = n->delta[L], loss = zero;
   for (int r = 0; r < B; r++) {
-    vf *z = &logits[r * C], *dz = &dL[r * C];
+    vf *z = &logits[r * ldC], *dz = &dL[r * ldC];
     vi y = n->y[r0 + r];
     vf m = z[0];
     for (int c = 1; c < C; c++) m = vsel(z[c] > m, z[c], m);
@@ -201,13 +196,14 @@ static vf sgd_step(Net *n, int r0, int B) {
     vf *g = n->delta[l + 1], *a = n->act[l];
     if (l > 0) {
       vf *ga = n->delta[l];
-      gemm(B, di, dout, g, dout, 1, n->w[l], 1, dout, ga, di, zero, EPI_MASK, NULL, a);
+      gemm(B, di, dout, g, n->ld[l + 1], 1, n->w[l], 1, dout, ga, n->ld[l], zero, EPI_MASK, NULL, a);
     }
     /* w -= lr * a^T g;  b -= lr * sum_rows g */
-    gemm(di, dout, B, a, 1, di, g, dout, 1, n->w[l], dout, nlr, EPI_UPDATE, NULL, NULL);
+    gemm(di, dout, B, a, 1, n->ld[l], g, n->ld[l + 1], 1, n->w[l], dout, nlr, EPI_UPDATE, NULL,
+         NULL);
     for (int j = 0; j < dout; j++) {
       vf s = zero;
-      for (int r = 0; r < B; r++) s += g[r * dout + j];
+      for (int r = 0; r < B; r++) s += g[r * n->ld[l + 1] + j];
       n->b[l][j] += nlr * s;
     }
   }
@@ -270,8 +266,11 @@ XLA_FFI_Error *prtm_sgd_lanes(XLA_FFI_CallFrame *frame) {
   /* One allocation per call: lane-major data, parameters, activations and errors. */
   size_t n_par = 0, n_act = 0;
   for (int l = 0; l <= L; l++) {
+    /* An odd row stride: rows 2^k vectors apart would share L1 sets, and the weight gradient
+     * reads activations and errors down their columns. */
+    net.ld[l] = l > 0 ? net.d[l] | 1 : net.d[l];
     if (l < L) n_par += (size_t)net.d[l] * net.d[l + 1] + net.d[l + 1];
-    if (l > 0) n_act += 2 * (size_t)net.batch * net.d[l];
+    if (l > 0) n_act += 2 * (size_t)net.batch * net.ld[l];
   }
   size_t n_vf = (size_t)net.N * net.d[0] + n_par + n_act + net.E;
   vf *mem = aligned_alloc(64, n_vf * sizeof(vf) + net.N * sizeof(vi));
@@ -283,8 +282,8 @@ XLA_FFI_Error *prtm_sgd_lanes(XLA_FFI_CallFrame *frame) {
     net.b[l] = p, p += net.d[l + 1];
   }
   for (int l = 1; l <= L; l++) {
-    net.act[l] = p, p += (size_t)net.batch * net.d[l];
-    net.delta[l] = p, p += (size_t)net.batch * net.d[l];
+    net.act[l] = p, p += (size_t)net.batch * net.ld[l];
+    net.delta[l] = p, p += (size_t)net.batch * net.ld[l];
   }
   net.loss_E = p, p += net.E;
   net.y = (vi *)p;
