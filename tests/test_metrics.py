@@ -163,6 +163,31 @@ def test_shuffle_within_class_keeps_each_class_values():
     assert (got != np.asarray(x)).any()
 
 
+def test_shuffle_within_class_one_key_sort_is_the_lexsort(rng):
+    # The one-key integer sort (n_classes given) must give the lexsort's permutation, ties
+    # included: 5,000 rows of 3 classes make equal 23-bit uniforms within a class likely.
+    y = jnp.asarray(rng.integers(0, 3, 5000))
+    x = jnp.arange(5000)
+    keys = jax.random.split(jax.random.key(7), 64)
+    both = jax.jit(
+        jax.vmap(
+            lambda k: (
+                metrics.shuffle_within_class(k, x, y),
+                metrics.shuffle_within_class(k, x, y, n_classes=3),
+            )
+        )
+    )
+    lex, one = map(np.asarray, both(keys))
+    np.testing.assert_array_equal(one, lex)
+    u = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (5000,)))(keys))
+    ties = sum(len(v) - len(np.unique(v)) for k in range(64) for v in [u[k][np.asarray(y) == 0]])
+    assert ties > 0  # the comparison covered ties
+    # Above 512 classes the labels do not fit the key: the lexsort runs.
+    big = jnp.asarray(rng.integers(0, 600, 5000))
+    got = metrics.shuffle_within_class(keys[0], x, big, n_classes=600)
+    np.testing.assert_array_equal(got, metrics.shuffle_within_class(keys[0], x, big))
+
+
 def test_cmi_null_measures_the_plug_in_bias(rng):
     # At 500 rows and 10 classes the plug-in CMI of independent-given-y predictions is far from
     # 0; the shuffled level matches it, while copied predictions stand well above it.
