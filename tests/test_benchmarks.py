@@ -54,6 +54,9 @@ def test_quick_benchmark_writes_table_json_and_plot(tmp_path):
     assert e2e["raw"]["train_impl"] == {"weight": "lanes", "bias": "lanes"}
     t = result["target"]
     assert t["command_ms_per_model"] == e2e["ms_per_model"]
+    # --quick runs the shipped command twice; the lower of the two counts (the lower middle).
+    assert len(e2e["raw"]["runs_s"]) == 2
+    assert e2e["raw"]["process_wall_s"] == min(e2e["raw"]["runs_s"])
     assert t["x_numpy_end"] == pytest.approx(result["yardstick_ms"]["end"] / e2e["ms_per_model"])
     assert "`prtm experiment=prtm2 seeds=4` as shipped" in proc.stdout
     assert result["lanes_build_s"] > 0 and "lanes kernel's C build took" in proc.stdout
@@ -125,12 +128,16 @@ def test_floor_runs_the_same_matrix_products_as_the_trainer():
 
 
 def test_target_compares_the_shipped_command_with_both_ends_of_the_yardstick():
-    def row(name, ms):
-        return {"name": name, "ms_per_model": ms}
+    def row(name, ms, runs_s):
+        return {"name": name, "ms_per_model": ms, "models": 512, "raw": {"runs_s": runs_s}}
 
-    rows = [row("prtm2 end to end xla, 256", 70.0), row("prtm2 end to end lanes, 256", 40.0)]
+    rows = [
+        row("prtm2 end to end xla, 256", 70.0, [35.84]),
+        row("prtm2 end to end lanes, 256", 40.0, [20.48, 25.6, 19.456]),
+    ]
     t = run_target(rows, 256, numpy_ms=(600.0, 450.0))
     assert t["command_ms_per_model"] == 40.0
+    assert t["command_runs_ms_per_model"] == pytest.approx([40.0, 50.0, 38.0])
     assert t["x_numpy"] == 15.0 and t["x_numpy_end"] == 450.0 / 40.0
     assert t["target_ms_per_model"] == 40.0 and t["target_ms_per_model_end"] == 30.0
     assert run_target(rows, 64, numpy_ms=(600.0, 450.0)) is None  # no end-to-end row at 64
@@ -145,3 +152,13 @@ def test_the_lanes_variant_is_cpu_only_and_not_a_default_elsewhere():
     with pytest.raises(SystemExit, match="lanes is a CPU kernel"):
         variant_settings("lanes", gpu)
     assert variant_settings("lanes", parse_args([]))["impl"] == "lanes"
+
+
+def test_median_run_is_the_middle_run_and_keeps_every_wall_time():
+    from benchmarks.run import _median_run
+
+    runs = [{"process_wall_s": w, "id": i} for i, w in enumerate([3.0, 1.0, 2.0, 9.0])]
+    got = _median_run(runs)
+    assert got["id"] == 2 and got["run_s"] == 2.0  # lower middle of an even count
+    assert got["runs_s"] == [3.0, 1.0, 2.0, 9.0]
+    assert _median_run(runs[:3])["id"] == 0
