@@ -464,12 +464,16 @@ def run_all(args: argparse.Namespace) -> dict:
         if args.e2e_seeds:
             a = ["experiment=prtm2", f"seeds={args.e2e_seeds}", f"train.epochs={args.epochs}"]
             # As a user runs it: interpreter start, imports, compile, data, 2 models per seed.
-            # The shipped command (the target's) runs --e2e-runs times: its median counts.
-            runs = args.e2e_runs if variant == "lanes" else 1
-            res = _median_run(
-                [_spawn(py, {**cli, "args": a + extra}, native_env)]
-                + [_spawn(py, {**cli, "args": a + extra}, native_env) for _ in range(runs - 1)]
-            )
+            # The shipped command (the target's) runs --e2e-runs times, each right after a
+            # NumPy loop run (its yardstick at that moment); the median run counts.
+            shipped = variant == "lanes"
+            results, paired = [], []
+            for _ in range(args.e2e_runs if shipped else 1):
+                if shipped:
+                    yard = _spawn(py, {"kind": "numpy", "models": args.numpy_models, **common}, {})
+                    paired.append(1e3 * yard["per_model_s"])
+                results.append(_spawn(py, {**cli, "args": a + extra}, native_env))
+            res = {**_median_run(results), "numpy_paired_ms": paired}
             name = _e2e_name(variant, args.e2e_seeds)
             note(_row(name, args.e2e_seeds, 2 * args.e2e_seeds, res, flop, variant=variant))
         if args.e2e_seeds and variant == "lanes":
@@ -522,10 +526,15 @@ def target(rows: list[dict], e2e_seeds: int, numpy_ms: tuple[float, float]) -> d
         return None
     ms, r = e2e[0]["ms_per_model"], e2e[0]
     runs = [1e3 * s / r["models"] for s in r.get("raw", {}).get("runs_s", [])] or [ms]
+    yard = r.get("raw", {}).get("numpy_paired_ms") or []
+    paired = [y / c for y, c in zip(yard, runs, strict=True)] if yard else []
     return {
         "seeds": e2e_seeds,
         "command_ms_per_model": ms,
         "command_runs_ms_per_model": runs,
+        # Each run against the NumPy loop timed just before it, and the median of those ratios.
+        "x_numpy_paired": paired,
+        "x_numpy_paired_median": median(paired) if paired else None,
         "x_numpy": numpy_ms[0] / ms,
         "x_numpy_end": numpy_ms[1] / ms,
         "target_x_numpy": TARGET_X,
@@ -592,6 +601,12 @@ def print_table(result: dict) -> None:
             f" {t['target_x_numpy']:.0f}x needs {t['target_ms_per_model']:.1f} /"
             f" {t['target_ms_per_model_end']:.1f} ms/model"
         )
+        if t["x_numpy_paired"]:
+            print(
+                f"each run against the NumPy loop timed just before it:"
+                f" {', '.join(f'{x:.1f}x' for x in t['x_numpy_paired'])}"
+                f" (median {t['x_numpy_paired_median']:.1f}x)"
+            )
 
 
 def plot(result: dict, path: Path) -> None:

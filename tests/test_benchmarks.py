@@ -56,6 +56,9 @@ def test_quick_benchmark_writes_table_json_and_plot(tmp_path):
     assert t["command_ms_per_model"] == e2e["ms_per_model"]
     # --quick runs the shipped command twice; the lower of the two counts (the lower middle).
     assert len(e2e["raw"]["runs_s"]) == 2
+    # Each run right after its own NumPy yardstick run.
+    assert len(e2e["raw"]["numpy_paired_ms"]) == 2 and len(t["x_numpy_paired"]) == 2
+    assert "each run against the NumPy loop timed just before it" in proc.stdout
     assert e2e["raw"]["process_wall_s"] == min(e2e["raw"]["runs_s"])
     assert t["x_numpy_end"] == pytest.approx(result["yardstick_ms"]["end"] / e2e["ms_per_model"])
     assert "`prtm experiment=prtm2 seeds=4` as shipped" in proc.stdout
@@ -128,16 +131,19 @@ def test_floor_runs_the_same_matrix_products_as_the_trainer():
 
 
 def test_target_compares_the_shipped_command_with_both_ends_of_the_yardstick():
-    def row(name, ms, runs_s):
-        return {"name": name, "ms_per_model": ms, "models": 512, "raw": {"runs_s": runs_s}}
+    def row(name, ms, runs_s, paired):
+        raw = {"runs_s": runs_s, "numpy_paired_ms": paired}
+        return {"name": name, "ms_per_model": ms, "models": 512, "raw": raw}
 
     rows = [
-        row("prtm2 end to end xla, 256", 70.0, [35.84]),
-        row("prtm2 end to end lanes, 256", 40.0, [20.48, 25.6, 19.456]),
+        row("prtm2 end to end xla, 256", 70.0, [35.84], []),
+        row("prtm2 end to end lanes, 256", 40.0, [20.48, 25.6, 19.456], [600.0, 500.0, 760.0]),
     ]
     t = run_target(rows, 256, numpy_ms=(600.0, 450.0))
     assert t["command_ms_per_model"] == 40.0
     assert t["command_runs_ms_per_model"] == pytest.approx([40.0, 50.0, 38.0])
+    assert t["x_numpy_paired"] == pytest.approx([15.0, 10.0, 20.0])
+    assert t["x_numpy_paired_median"] == pytest.approx(15.0)
     assert t["x_numpy"] == 15.0 and t["x_numpy_end"] == 450.0 / 40.0
     assert t["target_ms_per_model"] == 40.0 and t["target_ms_per_model_end"] == 30.0
     assert run_target(rows, 64, numpy_ms=(600.0, 450.0)) is None  # no end-to-end row at 64
