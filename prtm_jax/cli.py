@@ -7,6 +7,7 @@ composed and validated first; a bad one stops the command with one line on stder
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -145,7 +146,8 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
     singles = [m.name for m in task.models if m.view != "concat"]
     fused = [f.name for f in task.fusions]
     t0 = time.perf_counter()
-    metrics = experiment.run_seeds(cfg)
+    # The statistics' imports (scipy.stats) run while XLA compiles, on the two threads.
+    metrics = experiment.run_seeds(cfg, lambda: importlib.import_module("prtm_jax.stats"))
     seconds = time.perf_counter() - t0
     points = experiment.grid_points(cfg)
     at = [

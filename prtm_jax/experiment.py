@@ -13,6 +13,7 @@ import functools
 import itertools
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -359,6 +360,40 @@ def compiled_runner(key: StaticKey, n_devices: int) -> Callable[[jax.Array, HPar
     return per_device(jax.vmap(run), n_devices, compiler_options=options)
 
 
+# Compiled runners by (StaticKey, devices, block shapes): each compiles once per process.
+_EXECUTABLES: dict[tuple, jax.stages.Compiled] = {}
+
+
+def block_runner(
+    key: StaticKey,
+    n_devices: int,
+    block: tuple,
+    while_compiling: Callable[[], object] | None = None,
+) -> jax.stages.Compiled:
+    """`compiled_runner(key, n_devices)` compiled for blocks shaped like `block`, once per
+    process. Tracing and lowering run on this thread; XLA's compile, which releases the GIL,
+    runs on a worker while `while_compiling()` (host work the caller needs next, such as
+    imports) runs here. No traced code runs on the worker."""
+    shapes = tuple((v.shape, str(v.dtype)) for v in jax.tree.leaves(block))
+    cache_key = (key, n_devices, shapes)
+    if cache_key not in _EXECUTABLES:
+        lowered = compiled_runner(key, n_devices).lower(*block)
+        if while_compiling is None:
+            _EXECUTABLES[cache_key] = lowered.compile()
+        else:
+            with ThreadPoolExecutor(1) as worker:
+                job = worker.submit(lowered.compile)
+                while_compiling()
+                _EXECUTABLES[cache_key] = job.result()
+    return _EXECUTABLES[cache_key]
+
+
+def clear_compiled() -> None:
+    """Forget every compiled runner (the next run_seeds traces and compiles again)."""
+    compiled_runner.cache_clear()
+    _EXECUTABLES.clear()
+
+
 def block_devices(n_items: int, chunk: int) -> int:
     """Devices a run of n_items uses: all local ones, but no more than there are blocks of
     `chunk` to fill (1 seed on a 64-core machine runs one block, not 64)."""
@@ -414,7 +449,9 @@ def run_in_blocks(
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n_items], *parts)
 
 
-def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
+def run_seeds(
+    cfg: Config, while_compiling: Callable[[], object] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """Run every seed at every grid point; {model: {metric: (points, seeds) array}} on the host.
 
     Every (grid point, seed) pair is one work item; items run in blocks of exactly
@@ -422,7 +459,8 @@ def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
     along the items. XLA's float32 kernels depend on the batch shape, and SGD amplifies their
     rounding differences over thousands of steps; with one block shape, an item's result is a
     function of its seed, its point and `seed_chunk` only: not of the seed count, the grid, the
-    device count or the item's position (tests check each).
+    device count or the item's position (tests check each). `while_compiling` runs on this
+    thread while XLA compiles, if it does (`block_runner`).
     """
     validate_config(cfg)
     points = grid_points(cfg)
@@ -430,7 +468,9 @@ def run_seeds(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
     point_I = np.repeat(np.arange(len(points)), cfg.seeds)
     seed_I = np.tile(np.arange(cfg.seeds), len(points))
     items = (seed_key_data(cfg.root_seed, seed_I), jax.tree.map(lambda v: v[point_I], hp))
-    run = compiled_runner(static_key(cfg), block_devices(len(point_I), cfg.seed_chunk))
+    n_devices = block_devices(len(point_I), cfg.seed_chunk)
+    first = next(iter_blocks(items, cfg.seed_chunk))
+    run = block_runner(static_key(cfg), n_devices, first, while_compiling)
     merged = run_in_blocks(run, items, cfg.seed_chunk, progress=cfg.progress)
     shaped = jax.tree.map(lambda a: a.reshape(len(points), cfg.seeds, *a.shape[1:]), merged)
     return {name: shaped[name] for name in model_names(TASKS[cfg.task])}

@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prtm_jax.stats import bootstrap_ci, describe
-
 SEEDS_FILE = "seeds.csv"
 SUMMARY_FILE = "summary.json"
 RELIABILITY_FILE = "reliability.csv"
@@ -95,6 +93,10 @@ def summarize(df: pd.DataFrame, singles: list[str], fused: list[str]) -> dict[st
     The best single model is the one with the highest mean accuracy; differences are paired
     by seed, over seeds where every model involved is ok.
     """
+    # Imported here, not with this module: scipy.stats takes ~0.5 s, which `prtm` spends
+    # while XLA compiles (cli.run_job); reading and writing results needs none of it.
+    from prtm_jax.stats import bootstrap_ci, describe
+
     df = df[~df.model.str.contains("|", regex=False)]  # pair rows carry no accuracy
     ok = df[df.status == "ok"]
     out: dict[str, Any] = {"models": {}, "paired": {}}

@@ -121,3 +121,14 @@ def test_same_config_twice_gives_identical_files(tmp_path):
     assert summary["devices"] == f"{min(n_dev, 3)} x cpu"
     assert "fused" in stdout and "95% CI" in stdout
     assert not list(a.glob(".*.tmp"))
+
+
+def test_reading_and_writing_results_does_not_import_the_statistics():
+    # cli.run_job imports scipy.stats (prtm_jax.stats) while XLA compiles; that only saves
+    # time if nothing imports it earlier: not the CLI, the experiment or the results module.
+    code = (
+        "import sys; from prtm_jax import cli, experiment, results; "
+        "print(sorted(m for m in ('scipy.stats', 'prtm_jax.stats') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

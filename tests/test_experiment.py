@@ -132,10 +132,10 @@ def test_fast_compile_option_keeps_every_result(tiny_cfg, monkeypatch):
         tiny_cfg, seeds=5, task="study", data=DataConfig(n_train=96, n_test=40, n_val=32)
     )
     fast = run_seeds(cfg)
-    experiment.compiled_runner.cache_clear()
+    experiment.clear_compiled()
     monkeypatch.setattr(experiment, "CPU_COMPILER_OPTIONS", None)
     default = run_seeds(cfg)
-    experiment.compiled_runner.cache_clear()
+    experiment.clear_compiled()
     for model, metrics in default.items():
         for name, value in metrics.items():
             msg = f"{model}.{name}"

@@ -41,20 +41,23 @@ def test_grid_points_equal_the_same_points_run_separately(tiny_cfg):
 
 
 def test_noise_and_learning_rate_changes_reuse_one_compiled_program(tiny_cfg):
-    experiment.compiled_runner.cache_clear()
+    experiment.clear_compiled()
+    compiles = []  # run_seeds calls its hook once per XLA compile, while it compiles
     for std, lr in [(1.0, 0.01), (2.5, 0.02), (4.0, 0.003)]:
         cfg = dataclasses.replace(
             tiny_cfg,
             data=dataclasses.replace(tiny_cfg.data, view1_std=std),
             optim=OptimConfig(lr=lr),
         )
-        experiment.run_seeds(cfg)
+        experiment.run_seeds(cfg, lambda: compiles.append(1))
+    assert len(compiles) == 1
     assert experiment.compiled_runner.cache_info().currsize == 1
-    assert experiment.compiled_runner(experiment.static_key(tiny_cfg), 1)._cache_size() == 1
     # Another seed_chunk is another block shape: a second program (an uneven last block is
-    # padded, so it adds none).
-    experiment.run_seeds(dataclasses.replace(tiny_cfg, seeds=5, seed_chunk=2))
-    assert experiment.compiled_runner(experiment.static_key(tiny_cfg), 1)._cache_size() == 2
+    # padded, so it adds none); the first one stays compiled.
+    chunk2 = dataclasses.replace(tiny_cfg, seeds=5, seed_chunk=2)
+    experiment.run_seeds(chunk2, lambda: compiles.append(1))
+    experiment.run_seeds(tiny_cfg, lambda: compiles.append(1))
+    assert len(compiles) == 2 and experiment.compiled_runner.cache_info().currsize == 1
 
 
 @pytest.mark.parametrize(
@@ -203,3 +206,15 @@ def test_aggregate_lists_jobs_without_results(tmp_path):
     status = long.drop_duplicates("job").set_index("view1_std").job_status.to_dict()
     assert status == {1.0: "complete", 2.0: "missing"}
     assert len(long) == 4
+
+
+def test_work_done_while_compiling_leaves_results_unchanged(tiny_cfg):
+    experiment.clear_compiled()
+    plain = experiment.run_seeds(tiny_cfg)
+    experiment.clear_compiled()
+    calls = []
+    hooked = experiment.run_seeds(tiny_cfg, lambda: calls.append(sum(range(10**6))))
+    assert len(calls) == 1
+    for model, metrics in plain.items():
+        for name, value in metrics.items():
+            np.testing.assert_array_equal(hooked[model][name], value, err_msg=f"{model}.{name}")
