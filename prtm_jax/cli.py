@@ -137,7 +137,6 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
     """Train every seed (at every grid point) of `cfg`; write seeds.csv and summary.json."""
     import jax
     import numpy as np
-    import pandas as pd
 
     from prtm_jax import experiment, results
 
@@ -146,9 +145,12 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
     singles = [m.name for m in task.models if m.view != "concat"]
     fused = [f.name for f in task.fusions]
     t0 = time.perf_counter()
-    # The statistics' imports (scipy.stats) run while XLA compiles, on the two threads.
+    # The statistics' and the tables' imports (scipy.stats, statsmodels, pandas) run while
+    # XLA compiles, on the two threads.
     metrics = experiment.run_seeds(cfg, lambda: importlib.import_module("prtm_jax.stats"))
     seconds = time.perf_counter() - t0
+    import pandas as pd
+
     points = experiment.grid_points(cfg)
     at = [
         {m: {k: v[g] for k, v in d.items()} for m, d in metrics.items()} for g in range(len(points))

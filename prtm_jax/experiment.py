@@ -14,12 +14,11 @@ import itertools
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from prtm_jax import images, metrics, mlp
@@ -27,6 +26,9 @@ from prtm_jax.config import Config, ConfigError, grid_axes, n_classes, validate
 from prtm_jax.data import DataParams, DataShape, TwoView, make_two_view
 from prtm_jax.fusion import RULES, fit_pool_weights, fit_temperature, fuse, fused_name
 from prtm_jax.train import TrainSpec, lanes_unsupported, make_train, resolve_impl
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DATA_PURPOSE = 0
 
@@ -479,6 +481,8 @@ def run_seeds(
 def view_dependence(cfg: Config, n_seeds: int, n_permutations: int = 199) -> pd.DataFrame:
     """Dependence between the two views' training rows given the label, for the first n_seeds
     seeds at every grid point (within-class Spearman, CMI, stratified permutation test)."""
+    import pandas as pd
+
     from prtm_jax import dependence
 
     key = static_key(cfg)

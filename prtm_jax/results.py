@@ -11,10 +11,14 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    # pandas (0.2 s) is imported where a table is built: `prtm` imports it while XLA compiles
+    # (cli.run_job), and checking for complete results needs none of it.
+    import pandas as pd
 
 SEEDS_FILE = "seeds.csv"
 SUMMARY_FILE = "summary.json"
@@ -48,6 +52,8 @@ def seeds_table(
     extra: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Tidy table: one row per (seed, model) with the metrics and `status` (ok / diverged)."""
+    import pandas as pd
+
     frames = []
     for model, m in metrics.items():
         # One value per seed; per-seed vectors (reliability bins) go to reliability_table.
@@ -66,6 +72,8 @@ def reliability_table(
 ) -> pd.DataFrame:
     """Per model and confidence bin: row count, summed confidence and summed correct, added up
     over the ok seeds (the `rel_*` (seeds, bins) arrays of a run)."""
+    import pandas as pd
+
     frames = []
     for model, m in metrics.items():
         if "rel_count" not in m:

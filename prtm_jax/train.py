@@ -12,13 +12,15 @@ so a sweep over it does not recompile."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from prtm_jax import mlp, native
+
+if TYPE_CHECKING:
+    import optax
 
 # How a spec is trained: "xla" is the scan below, on any backend; "lanes" is the CPU kernel
 # (native.py, csrc/lanes.c), which trains 16 seeds per SIMD register; "auto" is "lanes" where
@@ -52,11 +54,15 @@ def cross_entropy(
     params: mlp.Params, x_BD: jax.Array, y_B: jax.Array, activation: str
 ) -> jax.Array:
     """Per-row cross-entropy (B,) of softmax(apply(params, x)) against integer labels."""
+    import optax
+
     logits_BC = mlp.apply(params, x_BD, activation)
     return optax.softmax_cross_entropy_with_integer_labels(logits_BC, y_B)
 
 
 def make_optimizer(name: str, lr: jax.Array | float) -> optax.GradientTransformation:
+    import optax
+
     if name == "sgd":
         return optax.sgd(lr)
     if name == "adam":
@@ -103,6 +109,10 @@ def make_train(
         if reason := lanes_unsupported(spec):
             raise ValueError(f"train.impl='lanes' cannot train this model: {reason}")
         return _make_train_lanes(spec)
+    # optax is imported here, not at the top: a run the lanes kernel trains never needs it,
+    # and `prtm` saves its import (0.1 s) when nothing else does.
+    import optax
+
     batch = spec.batch_size
 
     def batch_loss(params: mlp.Params, x_BD: jax.Array, y_B: jax.Array, m_B: jax.Array):

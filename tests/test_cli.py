@@ -132,3 +132,14 @@ def test_reading_and_writing_results_does_not_import_the_statistics():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_cli_experiment_and_results_leave_pandas_and_optax_for_later():
+    # pandas (for the result tables) is imported while XLA compiles, and optax only where the
+    # XLA trainer is built: neither may come in with the modules `prtm` needs before compiling.
+    code = (
+        "import sys; from prtm_jax import cli, experiment, results; "
+        "print(sorted(m for m in ('pandas', 'optax') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
