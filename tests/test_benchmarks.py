@@ -1,6 +1,7 @@
 """The benchmark is not a test: this checks that it runs end to end at a tiny size, that its
 floor program does the XLA trainer's products and updates, and how it states the target."""
 
+import itertools
 import json
 import re
 import subprocess
@@ -168,3 +169,43 @@ def test_median_run_is_the_middle_run_and_keeps_every_wall_time():
     assert got["id"] == 2 and got["run_s"] == 2.0  # lower middle of an even count
     assert got["runs_s"] == [3.0, 1.0, 2.0, 9.0]
     assert _median_run([runs[0], runs[1], runs[3]])["id"] == 0  # 3.0 of 1.0, 3.0, 9.0
+
+
+def test_kernel_harness_trains_what_float64_sgd_trains_and_reports_a_sane_fraction(tmp_path):
+    # benchmarks.kernel times the shipped lanes.c alone; its lane 0, retrained from the same
+    # start in float64 NumPy, must land on the same parameters, and the FLOP rates it divides
+    # must be of one core (a kernel faster than the FMA loop would mean miscounted FLOPs).
+    from benchmarks.baselines import numpy_sgd
+    from benchmarks.kernel import build, run
+    from benchmarks.run import SIZES
+    from prtm_jax import native
+
+    if reason := native.available():
+        pytest.skip(reason)
+    res = run(build(tmp_path / "h"), epochs=2, repeats=1, dump=tmp_path / "dump")
+    assert 0.05 < res["fraction_of_fma"] < 1.2, res
+    raw = (tmp_path / "dump").read_bytes()
+    x = np.frombuffer(raw, np.float32, 2000 * 10).reshape(2000, 10)
+    y = np.frombuffer(raw, np.int32, 2000, offset=x.nbytes)
+    vals = np.frombuffer(raw, np.float32, offset=x.nbytes + y.nbytes)
+    params, at = [], 0
+    for a, b in itertools.pairwise(SIZES):
+        params.append((vals[at : at + a * b].reshape(a, b), vals[at + a * b : at + a * b + b]))
+        at += a * b + b
+    trained = vals[at:]
+    assert trained.size == at
+    want = numpy_sgd(params, x, y, lr=0.005, epochs=2, batch_size=32)
+    got = np.concatenate([np.concatenate([w.ravel(), b]) for w, b in want])
+    np.testing.assert_allclose(trained, got, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(trained, vals[:at], rtol=1e-3)  # it did train
+
+
+def test_kernel_benchmark_refuses_a_nonpositive_count():
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.kernel", "--rounds", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].endswith("error: --rounds must be >= 1, got 0")
