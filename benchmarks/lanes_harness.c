@@ -78,6 +78,10 @@ int main(int argc, char **argv) {
   }
   size_t n_vf = (size_t)net.N * d[0] + n_par + n_act + E;
   vf *mem = aligned_alloc(64, n_vf * sizeof(vf) + net.N * sizeof(vi)), *p = mem;
+  if (!mem) {
+    fprintf(stderr, "lanes_harness: out of memory\n");
+    return 1;
+  }
   net.x = p, p += (size_t)net.N * d[0];
   for (int l = 0; l < 3; l++) {
     net.w[l] = p, p += d[l] * d[l + 1];
