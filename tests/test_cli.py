@@ -123,23 +123,14 @@ def test_same_config_twice_gives_identical_files(tmp_path):
     assert not list(a.glob(".*.tmp"))
 
 
-def test_reading_and_writing_results_does_not_import_the_statistics():
-    # cli.run_job imports scipy.stats (prtm_jax.stats) while XLA compiles; that only saves
-    # time if nothing imports it earlier: not the CLI, the experiment or the results module.
+def test_the_cli_experiment_and_results_leave_statistics_tables_and_optax_for_later():
+    # cli.run_job imports scipy.stats (prtm_jax.stats) and with it pandas while XLA compiles,
+    # and optax is imported only where the XLA trainer is built. That only saves time if
+    # nothing imports them earlier: not the CLI, the experiment or the results module.
+    late = ("scipy.stats", "prtm_jax.stats", "pandas", "optax")
     code = (
         "import sys; from prtm_jax import cli, experiment, results; "
-        "print(sorted(m for m in ('scipy.stats', 'prtm_jax.stats') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
-def test_the_cli_experiment_and_results_leave_pandas_and_optax_for_later():
-    # pandas (for the result tables) is imported while XLA compiles, and optax only where the
-    # XLA trainer is built: neither may come in with the modules `prtm` needs before compiling.
-    code = (
-        "import sys; from prtm_jax import cli, experiment, results; "
-        "print(sorted(m for m in ('pandas', 'optax') if m in sys.modules))"
+        f"print(sorted(m for m in {late!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
