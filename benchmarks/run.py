@@ -228,7 +228,8 @@ def worker_cli(a: dict) -> dict:
     metrics and the result files. The lanes kernel comes built, as `make` installs it
     (PRTM_NATIVE_DIR, built once per run by worker_build, which times that).
     `fast=False` compiles at XLA's default optimisation level instead of the runner's, with
-    jax.grad's weight-gradient layout (the unoptimised configuration, for comparison)."""
+    jax.grad's weight-gradient layout and JAX's own Threefry lowering (the unoptimised
+    configuration, for comparison)."""
     import tempfile
 
     if a["device"] == "cpu":
@@ -239,6 +240,7 @@ def worker_cli(a: dict) -> dict:
     if not a["fast"]:
         experiment.CPU_COMPILER_OPTIONS = None
         mlp.NN_WEIGHT_GRADS_ON_CPU = False
+        os.environ["PRTM_NATIVE_THREEFRY"] = "0"
     out = Path(tempfile.mkdtemp(prefix="prtm-bench-run-"))
     sys.argv = ["prtm", *a["args"], f"hydra.run.dir={out}", "progress=false"]
     t = time.perf_counter()

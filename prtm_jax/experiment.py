@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from prtm_jax import images, metrics, mlp
+from prtm_jax import images, metrics, mlp, native
 from prtm_jax.config import Config, ConfigError, grid_axes, n_classes, validate
 from prtm_jax.data import DataParams, DataShape, TwoView, make_two_view
 from prtm_jax.fusion import RULES, fit_pool_weights, fit_temperature, fuse, fused_name
@@ -353,7 +353,10 @@ def compiled_runner(key: StaticKey, n_devices: int) -> Callable[[jax.Array, HPar
     n_devices, jitted; one per (StaticKey, n_devices). The items are host arrays (uint32 key
     data from `seed_key_data`, `grid_hparams`), so that cutting them into blocks compiles
     nothing."""
-    options = CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    options = None
+    if jax.default_backend() == "cpu":
+        options = CPU_COMPILER_OPTIONS
+        native.use_native_threefry()  # the same random numbers, less to compile
     run_seed = make_run(key)
 
     def run(key_data: jax.Array, hp: HParams) -> dict[str, dict[str, jax.Array]]:

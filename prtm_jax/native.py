@@ -1,12 +1,17 @@
-"""The CPU training kernel (`csrc/lanes.c`), built with the machine's C compiler.
+"""The CPU kernels in `csrc/`, built with the machine's C compiler into one library.
 
-`load()` compiles the kernel for this CPU (`-O3 -march=native`) into a cache directory unless
-it is there, loads it and registers it with XLA as the FFI target `TARGET`; it raises
-`Unavailable` when that is not possible (no C compiler, not a CPU backend), and `available()`
-returns that reason instead (None: usable). The build is keyed by
-the source, XLA's FFI header, the compiler and the CPU, so a changed kernel, a new jaxlib or a
-cluster node with other vector units each get their own build, and a build is written
-atomically (two processes may race to build it; both get a whole library).
+* `lanes.c`: the training kernel, FFI target `TARGET` (`train.py` calls it);
+* `threefry.c`: JAX's Threefry-2x32 hash, FFI target `THREEFRY_TARGET`. `use_native_threefry()`
+  lowers JAX's `threefry2x32` primitive to it on the CPU: the same bits, with no XLA code to
+  compile per random-number call site (docs/performance.md, optimisation 41).
+
+`load()` compiles the library for this CPU (`-O3 -march=native`) into a cache directory unless
+it is there, loads it and registers its targets with XLA; it raises `Unavailable` when that is
+not possible (no C compiler, not a CPU backend), and `available()` returns that reason instead
+(None: usable). The build is keyed by the sources, XLA's FFI header, the compiler and the CPU,
+so a changed kernel, a new jaxlib or a cluster node with other vector units each get their own
+build, and a build is written atomically (two processes may race to build it; both get a whole
+library).
 
 The cache is `$PRTM_NATIVE_DIR`, else `$XDG_CACHE_HOME/prtm_jax/native` (`~/.cache/...`).
 `python -m prtm_jax.native` builds it ahead of time (the Makefile's install step does), so that
@@ -26,10 +31,13 @@ import tempfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 TARGET = "prtm_sgd_lanes"
+THREEFRY_TARGET = "prtm_threefry2x32"
 MAX_LAYERS = 16  # the kernel's MAX_LAYERS
 SOURCE = Path(__file__).parent / "csrc" / "lanes.c"
+SOURCES = (SOURCE, SOURCE.with_name("threefry.c"))
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
 
 
@@ -61,7 +69,7 @@ def _compiler() -> list[str]:
 
 
 def build() -> Path:
-    """The kernel's shared library for this machine, compiled unless already in the cache."""
+    """The kernels' shared library for this machine, compiled unless already in the cache."""
     header = Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "c_api.h"
     cc = _compiler()
     try:
@@ -69,7 +77,8 @@ def build() -> Path:
     except (OSError, subprocess.CalledProcessError) as e:
         raise Unavailable(f"no working C compiler ({shlex.join(cc)}: {e}); set CC") from None
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), header.read_bytes(), version, " ".join(FLAGS).encode()):
+    sources = [src.read_bytes() for src in SOURCES]
+    for part in (*sources, header.read_bytes(), version, " ".join(FLAGS).encode()):
         digest.update(part)
     digest.update(_cpu_identity())
     out = cache_dir() / f"lanes-{digest.hexdigest()[:16]}.so"
@@ -78,12 +87,13 @@ def build() -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
     os.close(fd)
-    cmd = [*cc, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+    cmd = [*cc, *FLAGS, "-I", jax.ffi.include_dir(), *map(str, SOURCES), "-o", tmp]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise Unavailable(f"compiling {SOURCE.name} failed: {last}")
+            names = " ".join(src.name for src in SOURCES)
+            raise Unavailable(f"compiling {names} failed: {last}")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -93,12 +103,41 @@ def build() -> Path:
 
 @functools.cache
 def load() -> ctypes.CDLL:
-    """Build (if needed), load and register the kernel; raises Unavailable with the reason."""
+    """Build (if needed), load and register the kernels; raises Unavailable with the reason."""
     if jax.default_backend() != "cpu":
         raise Unavailable(f"the kernel runs on the CPU; JAX's backend is {jax.default_backend()}")
     lib = ctypes.cdll.LoadLibrary(str(build()))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.prtm_sgd_lanes), platform="cpu")
+    threefry = jax.ffi.pycapsule(lib.prtm_threefry2x32)
+    jax.ffi.register_ffi_target(THREEFRY_TARGET, threefry, platform="cpu")
     return lib
+
+
+def _threefry2x32(*args: jax.Array) -> list[jax.Array]:
+    """`threefry2x32_p`'s operands (k1, k2, x1, x2, broadcastable u32) through the C hash."""
+    args = jnp.broadcast_arrays(*args)
+    out = jax.ShapeDtypeStruct(args[0].shape, jnp.uint32)
+    return list(jax.ffi.ffi_call(THREEFRY_TARGET, (out, out))(*args))
+
+
+@functools.cache
+def use_native_threefry() -> bool:
+    """From now on, lower JAX's Threefry-2x32 hash to `csrc/threefry.c` on the CPU, if the
+    library is usable here and `PRTM_NATIVE_THREEFRY` is not "0"; True if it does.
+
+    Every PRNG key of the default implementation hashes through this primitive (split,
+    fold_in, random bits), so programs traced after this call draw the same numbers as
+    before. JAX's own CPU lowering is a loop over groups of rounds that XLA compiles anew at
+    every call site: 0.6-0.8 s of the 2.3-2.5 s that compiling the prtm2 program took on the
+    CPU this was measured on (docs/performance.md, optimisation 41)."""
+    if os.environ.get("PRTM_NATIVE_THREEFRY", "1") == "0" or available() is not None:
+        return False
+    from jax.extend.random import threefry2x32_p
+    from jax.interpreters import mlir
+
+    rule = mlir.lower_fun(_threefry2x32, multiple_results=True)
+    mlir.register_lowering(threefry2x32_p, rule, platform="cpu")
+    return True
 
 
 @functools.cache

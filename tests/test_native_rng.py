@@ -1,0 +1,105 @@
+"""csrc/threefry.c: JAX's Threefry-2x32 hash in C, which `native.use_native_threefry` lowers
+JAX's random numbers to on the CPU. It must draw exactly JAX's numbers: checked against the
+Random123 paper's known answers, a NumPy implementation, and JAX's own lowering (a process
+with PRTM_NATIVE_THREEFRY=0)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.extend.random import threefry2x32_p
+
+from prtm_jax import native
+
+pytestmark = pytest.mark.skipif(native.available() is not None, reason="no native library")
+
+
+def numpy_threefry2x32(k1, k2, x1, x2):
+    """Threefry-2x32 with 20 rounds (Salmon et al. 2011), in NumPy uint32 arithmetic."""
+    k1, k2, x1, x2 = np.broadcast_arrays(*(np.atleast_1d(np.uint32(v)) for v in (k1, k2, x1, x2)))
+    ks = [k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA)]
+    rotations = [(13, 15, 26, 6), (17, 29, 16, 24)]
+    a, b = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in rotations[i % 2]:
+            a = a + b
+            b = (b << np.uint32(r)) | (b >> np.uint32(32 - r))
+            b = a ^ b
+        a = a + ks[(i + 1) % 3]
+        b = b + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return a, b
+
+
+@jax.jit
+def hash_(k1, k2, x1, x2):
+    return threefry2x32_p.bind(k1, k2, x1, x2)
+
+
+def test_threefry_gives_the_papers_known_answers_and_numpys_bits():
+    assert native.use_native_threefry()
+    assert "prtm_threefry2x32" in hash_.lower(*[np.uint32(0)] * 4).as_text()
+    # Random123's known-answer vectors for threefry2x32_20: (key, counter) -> output.
+    known = [
+        ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+        ((0xFFFFFFFF,) * 2, (0xFFFFFFFF,) * 2, (0x1CB996FC, 0xBB002BE7)),
+        ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+    ]
+    for key, ctr, want in known:
+        got = hash_(*(np.uint32(v) for v in (*key, *ctr)))
+        assert [int(v) for v in got] == list(want)
+    assert [int(v[0]) for v in numpy_threefry2x32(*known[2][0], *known[2][1])] == list(known[2][2])
+    # Shapes the lowering broadcasts: scalar keys, keys per row, counters per column.
+    rng = np.random.default_rng(0)
+    for k_shape, x_shape in [((), (3, 5)), ((4, 1), (1, 7)), ((2, 3), (2, 3)), ((), (0,))]:
+        k1, k2 = (rng.integers(0, 2**32, k_shape, dtype=np.uint32) for _ in range(2))
+        x1, x2 = (rng.integers(0, 2**32, x_shape, dtype=np.uint32) for _ in range(2))
+        for got, want in zip(
+            hash_(k1, k2, x1, x2), numpy_threefry2x32(k1, k2, x1, x2), strict=True
+        ):
+            np.testing.assert_array_equal(np.asarray(got), want)
+
+
+DRAWS = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from prtm_jax import native
+from prtm_jax.config import Config, DataConfig, ModelConfig, TrainConfig
+from prtm_jax.experiment import run_seeds
+native_rng = native.use_native_threefry()
+
+@jax.jit
+def draws(key):
+    a, b, c = jax.random.split(key, 3)
+    return {
+        "normal": jax.vmap(lambda k: jax.random.normal(k, (5, 3)))(jax.random.split(a, 4)),
+        "permutation": jax.random.permutation(b, jnp.arange(2500) % 10),
+        "fold_in": jax.random.key_data(jax.random.fold_in(c, 123456789)),
+        "bits": jax.random.bits(c, (7,), jnp.uint32),
+    }
+
+out = jax.tree.map(lambda v: np.asarray(v).tolist(), draws(jax.random.key(7)))
+cfg = Config(seeds=3, seed_chunk=4, data=DataConfig(n_train=96, n_test=40),
+             model=ModelConfig(hidden=[8]), train=TrainConfig(epochs=3, batch_size=32))
+runs = run_seeds(cfg)
+out["run_seeds"] = {m: {k: np.asarray(v).tolist() for k, v in r.items()} for m, r in runs.items()}
+lowered = draws.lower(jax.random.key(7)).as_text()
+print(json.dumps({"native": native_rng, "custom_call": "prtm_threefry2x32" in lowered, **out}))
+"""
+
+
+def test_every_draw_and_run_is_the_same_with_jaxs_own_threefry():
+    def run(flag: str) -> dict:
+        env = {**os.environ, "PRTM_NATIVE_THREEFRY": flag, "JAX_PLATFORMS": "cpu"}
+        cmd = [sys.executable, "-c", DRAWS]
+        return json.loads(subprocess.run(cmd, env=env, capture_output=True, check=True).stdout)
+
+    ours, jaxs = run("1"), run("0")
+    assert (ours.pop("native"), ours.pop("custom_call")) == (True, True)
+    assert (jaxs.pop("native"), jaxs.pop("custom_call")) == (False, False)
+    assert ours == jaxs  # bit for bit: integers, and floats through JSON's exact repr
+    assert sorted(ours["permutation"]) == sorted(np.arange(2500) % 10)
+    assert len(ours["run_seeds"]["weight"]["accuracy"][0]) == 3
