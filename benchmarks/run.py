@@ -240,7 +240,7 @@ def worker_cli(a: dict) -> dict:
     if not a["fast"]:
         experiment.CPU_COMPILER_OPTIONS = None
         mlp.NN_WEIGHT_GRADS_ON_CPU = False
-        os.environ["PRTM_NATIVE_THREEFRY"] = "0"
+        os.environ["PRTM_NATIVE_OPS"] = "0"
     out = Path(tempfile.mkdtemp(prefix="prtm-bench-run-"))
     sys.argv = ["prtm", *a["args"], f"hydra.run.dir={out}", "progress=false"]
     t = time.perf_counter()

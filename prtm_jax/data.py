@@ -26,6 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from prtm_jax import native
 from prtm_jax.batching import one_at_a_time
 
 
@@ -69,7 +70,7 @@ def make_two_view(key: jax.Array, p: DataParams, shape: DataShape) -> TwoView:
         k_centre, (shape.n_classes, shape.n_features), minval=-1.0, maxval=1.0
     ) * jnp.asarray(p.center_box, jnp.float32)
     # Balanced labels in random order, as make_blobs does.
-    y_N = jax.random.permutation(k_label, jnp.arange(n, dtype=jnp.int32) % shape.n_classes)
+    y_N = native.permutation(k_label, jnp.arange(n, dtype=jnp.int32) % shape.n_classes)
     z_NF = jax.random.normal(k_v1, (n, shape.n_features))
     x1_NF = centres_KF[y_N] + p.view1_std * z_NF
     u_NK = z_NF @ orthonormal_directions(centres_KF).T

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prtm_jax import rt
+from prtm_jax import native, rt
 from prtm_jax.data import TwoView
 
 N_PART_TYPES = 5  # disc, ring, square, cross, bar
@@ -149,8 +149,8 @@ def digits_split(key: jax.Array, n_test_per_class: int) -> tuple[jax.Array, jax.
     # Sort by class, randomly within class; the first n_test_per_class of each class are test.
     order = jnp.lexsort((jax.random.uniform(k_sort, y.shape), y))
     return (
-        jax.random.permutation(k_train, order[train_pos]),
-        jax.random.permutation(k_test, order[test_pos]),
+        native.permutation(k_train, order[train_pos]),
+        native.permutation(k_test, order[test_pos]),
     )
 
 
@@ -205,7 +205,7 @@ def parts_images(key: jax.Array, p: PartsParams, shape: PartsShape) -> tuple[jax
         raise ValueError(f"n_types must be in 1..{N_PART_TYPES}, got {shape.n_types}")
     n, n_classes, s = shape.n_train + shape.n_test, 2 * shape.n_types, shape.size
     k_label, k_shift, k_gain, k_spot, k_noise = (jax.random.fold_in(key, i) for i in range(5))
-    y_N = jax.random.permutation(k_label, jnp.arange(n, dtype=jnp.int32) % n_classes)
+    y_N = native.permutation(k_label, jnp.arange(n, dtype=jnp.int32) % n_classes)
     part_N, defective_N = y_N // 2, (y_N % 2).astype(jnp.float32)
 
     grid = jnp.arange(s, dtype=jnp.float32) - (s - 1) / 2

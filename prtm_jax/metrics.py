@@ -21,6 +21,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from prtm_jax import native
+
 
 @jax.jit
 def accuracy(logp_NC: jax.Array, y_N: jax.Array) -> jax.Array:
@@ -186,13 +188,14 @@ def shuffle_within_class(
     The rows are ordered by (label, uniform(key)), ties by row. With `n_classes` (static) at
     most 512, that is one integer sort: a float32 uniform is its bits' top 23 over 2^23, so
     the key (label << 23) | (bits >> 9) orders rows exactly as the pair does, and a one-key
-    sort is faster on the CPU than a two-key lexsort (tests check both give one permutation).
+    sort is faster on the CPU than a two-key lexsort (tests check both give one permutation);
+    on the CPU it runs in C (`native.argsort_stable`).
     """
-    by_class_N = jnp.argsort(y_N, stable=True)
+    by_class_N = native.argsort_stable(y_N)
     if n_classes is not None and n_classes <= _ONE_KEY_CLASSES:
         bits_N = jax.random.bits(key, y_N.shape, jnp.uint32)
         one_key_N = (y_N.astype(jnp.uint32) << 23) | (bits_N >> 9)
-        shuffled_N = jnp.argsort(one_key_N, stable=True)
+        shuffled_N = native.argsort_stable(one_key_N)
     else:
         shuffled_N = jnp.lexsort((jax.random.uniform(key, y_N.shape), y_N))
     # Both orders list the rows class by class with the same class sizes, so position i of

@@ -3,7 +3,13 @@
 * `lanes.c`: the training kernel, FFI target `TARGET` (`train.py` calls it);
 * `threefry.c`: JAX's Threefry-2x32 hash, FFI target `THREEFRY_TARGET`. `use_native_threefry()`
   lowers JAX's `threefry2x32` primitive to it on the CPU: the same bits, with no XLA code to
-  compile per random-number call site (docs/performance.md, optimisation 41).
+  compile per random-number call site (docs/performance.md, optimisation 41);
+* `argsort.c`: a stable argsort of integer keys, FFI target `ARGSORT_TARGET`, behind
+  `argsort_stable` and `permutation` (the same results as `jnp.argsort(..., stable=True)` and
+  `jax.random.permutation`, in a fraction of XLA's CPU sort time: optimisation 42).
+
+Both replacements of XLA ops give exactly XLA's results; `PRTM_NATIVE_OPS=0` turns them off
+(JAX's own ops, for comparison), and without the library they are off.
 
 `load()` compiles the library for this CPU (`-O3 -march=native`) into a cache directory unless
 it is there, loads it and registers its targets with XLA; it raises `Unavailable` when that is
@@ -32,12 +38,14 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 TARGET = "prtm_sgd_lanes"
 THREEFRY_TARGET = "prtm_threefry2x32"
+ARGSORT_TARGET = "prtm_argsort_stable"
 MAX_LAYERS = 16  # the kernel's MAX_LAYERS
 SOURCE = Path(__file__).parent / "csrc" / "lanes.c"
-SOURCES = (SOURCE, SOURCE.with_name("threefry.c"))
+SOURCES = (SOURCE, SOURCE.with_name("threefry.c"), SOURCE.with_name("argsort.c"))
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
 
 
@@ -108,8 +116,8 @@ def load() -> ctypes.CDLL:
         raise Unavailable(f"the kernel runs on the CPU; JAX's backend is {jax.default_backend()}")
     lib = ctypes.cdll.LoadLibrary(str(build()))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.prtm_sgd_lanes), platform="cpu")
-    threefry = jax.ffi.pycapsule(lib.prtm_threefry2x32)
-    jax.ffi.register_ffi_target(THREEFRY_TARGET, threefry, platform="cpu")
+    for target in (THREEFRY_TARGET, ARGSORT_TARGET):
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
     return lib
 
 
@@ -121,16 +129,23 @@ def _threefry2x32(*args: jax.Array) -> list[jax.Array]:
 
 
 @functools.cache
+def native_ops() -> bool:
+    """Whether the C replacements of XLA ops are used: the library is usable here (so JAX's
+    backend is the CPU) and `PRTM_NATIVE_OPS` is not "0"."""
+    return os.environ.get("PRTM_NATIVE_OPS", "1") != "0" and available() is None
+
+
+@functools.cache
 def use_native_threefry() -> bool:
-    """From now on, lower JAX's Threefry-2x32 hash to `csrc/threefry.c` on the CPU, if the
-    library is usable here and `PRTM_NATIVE_THREEFRY` is not "0"; True if it does.
+    """From now on, lower JAX's Threefry-2x32 hash to `csrc/threefry.c` on the CPU, if
+    `native_ops()`; True if it does.
 
     Every PRNG key of the default implementation hashes through this primitive (split,
     fold_in, random bits), so programs traced after this call draw the same numbers as
     before. JAX's own CPU lowering is a loop over groups of rounds that XLA compiles anew at
     every call site: 0.6-0.8 s of the 2.3-2.5 s that compiling the prtm2 program took on the
     CPU this was measured on (docs/performance.md, optimisation 41)."""
-    if os.environ.get("PRTM_NATIVE_THREEFRY", "1") == "0" or available() is not None:
+    if not native_ops():
         return False
     from jax.extend.random import threefry2x32_p
     from jax.interpreters import mlir
@@ -148,6 +163,32 @@ def available() -> str | None:
     except Unavailable as e:
         return str(e)
     return None
+
+
+def argsort_stable(keys: jax.Array) -> jax.Array:
+    """`jnp.argsort(keys, axis=-1, stable=True)` (int32 indices), through `csrc/argsort.c` for
+    int32 and uint32 keys if `native_ops()`. Under vmap the kernel sorts every row."""
+    if keys.dtype not in (jnp.int32, jnp.uint32) or keys.ndim < 1 or not native_ops():
+        return jnp.argsort(keys, axis=-1, stable=True)
+    out = jax.ShapeDtypeStruct(keys.shape, jnp.int32)
+    return jax.ffi.ffi_call(ARGSORT_TARGET, out, vmap_method="broadcast_all")(keys)
+
+
+def permutation(key: jax.Array, x: jax.Array) -> jax.Array:
+    """`jax.random.permutation(key, x)` for a 1-D x, with its sorts through `argsort_stable`.
+
+    JAX's algorithm: rounds of sorting x by fresh 32-bit random keys (a stable sort), as many
+    as make key collisions across all rounds unlikely (3 log n / log(2^32 - 1), rounded up)."""
+    if x.ndim != 1:
+        raise ValueError(f"permutation shuffles a 1-D array, got shape {x.shape}")
+    if not native_ops():
+        return jax.random.permutation(key, x)
+    n = x.shape[0]
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+    for _ in range(rounds):
+        key, subkey = jax.random.split(key)
+        x = x[argsort_stable(jax.random.bits(subkey, (n,), jnp.uint32))]
+    return x
 
 
 def main() -> None:

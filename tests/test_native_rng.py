@@ -1,7 +1,7 @@
 """csrc/threefry.c: JAX's Threefry-2x32 hash in C, which `native.use_native_threefry` lowers
 JAX's random numbers to on the CPU. It must draw exactly JAX's numbers: checked against the
 Random123 paper's known answers, a NumPy implementation, and JAX's own lowering (a process
-with PRTM_NATIVE_THREEFRY=0)."""
+with PRTM_NATIVE_OPS=0)."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.extend.random import threefry2x32_p
@@ -76,7 +77,8 @@ def draws(key):
     a, b, c = jax.random.split(key, 3)
     return {
         "normal": jax.vmap(lambda k: jax.random.normal(k, (5, 3)))(jax.random.split(a, 4)),
-        "permutation": jax.random.permutation(b, jnp.arange(2500) % 10),
+        "permutation": native.permutation(b, jnp.arange(2500) % 10),
+        "argsort": native.argsort_stable(jax.random.randint(b, (3, 999), -5, 5)),
         "fold_in": jax.random.key_data(jax.random.fold_in(c, 123456789)),
         "bits": jax.random.bits(c, (7,), jnp.uint32),
     }
@@ -93,7 +95,7 @@ print(json.dumps({"native": native_rng, "custom_call": "prtm_threefry2x32" in lo
 
 def test_every_draw_and_run_is_the_same_with_jaxs_own_threefry():
     def run(flag: str) -> dict:
-        env = {**os.environ, "PRTM_NATIVE_THREEFRY": flag, "JAX_PLATFORMS": "cpu"}
+        env = {**os.environ, "PRTM_NATIVE_OPS": flag, "JAX_PLATFORMS": "cpu"}
         cmd = [sys.executable, "-c", DRAWS]
         return json.loads(subprocess.run(cmd, env=env, capture_output=True, check=True).stdout)
 
@@ -103,3 +105,36 @@ def test_every_draw_and_run_is_the_same_with_jaxs_own_threefry():
     assert ours == jaxs  # bit for bit: integers, and floats through JSON's exact repr
     assert sorted(ours["permutation"]) == sorted(np.arange(2500) % 10)
     assert len(ours["run_seeds"]["weight"]["accuracy"][0]) == 3
+
+
+def test_argsort_is_numpys_stable_argsort_for_every_row():
+    assert native.native_ops()
+    rng = np.random.default_rng(1)
+    cases = [
+        rng.integers(0, 3, (4, 1000)).astype(np.uint32),  # many ties: stability decides
+        rng.integers(-(2**31), 2**31, (2, 3, 517)).astype(np.int32),  # signs: every digit
+        rng.integers(0, 2**32, (1, 2500), dtype=np.uint32),
+        (rng.integers(0, 4, (64,)) << 24).astype(np.uint32),  # only the top digit varies
+        np.zeros((3, 0), np.int32),
+    ]
+    for keys in cases:
+        got = jax.jit(native.argsort_stable)(keys)
+        assert "prtm_argsort_stable" in jax.jit(native.argsort_stable).lower(keys).as_text()
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(np.asarray(got), np.argsort(keys, axis=-1, kind="stable"))
+    keys = cases[0]
+    rows = jax.vmap(native.argsort_stable)(keys)  # batched by vmap, not by a leading axis
+    np.testing.assert_array_equal(np.asarray(rows), np.argsort(keys, axis=-1, kind="stable"))
+    floats = np.float32([0.5, -1.0, 0.5])  # not the kernel's: jnp.argsort
+    assert jax.jit(native.argsort_stable)(floats).tolist() == [1, 0, 2]
+
+
+def test_permutation_is_jaxs_for_any_key_and_size():
+    for n in (1, 2, 7, 1625, 1626, 2500):  # 1,626 rows and more take 2 rounds of sorting
+        x = jnp.arange(n, dtype=jnp.int32) * 3
+        for seed in range(3):
+            key = jax.random.key(seed)
+            got = jax.jit(native.permutation)(key, x)
+            np.testing.assert_array_equal(got, jax.random.permutation(key, x))
+    with pytest.raises(ValueError, match=r"^permutation shuffles a 1-D array, got shape \(2, 2\)$"):
+        native.permutation(jax.random.key(0), jnp.zeros((2, 2)))

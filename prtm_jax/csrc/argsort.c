@@ -1,0 +1,83 @@
+/* A stable argsort of 32-bit integer keys along the last axis, as an XLA FFI target.
+ *
+ * prtm_jax/native.py builds this file with lanes.c and calls it, on the CPU, where prtm_jax
+ * sorts integer keys: random permutations (`native.permutation`, jax.random.permutation's
+ * algorithm) and cmi_null's shuffles within class. A stable sort's result is unique, so this
+ * returns exactly what `jnp.argsort(keys, stable=True)` returns; XLA's CPU sort calls a
+ * compiled comparator per comparison, this is an LSD radix sort (8-bit digits, a digit that
+ * every key shares is skipped).
+ *
+ * Call frame: args keys u32 or s32 [..., n]; rets indices s32 [..., n].
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xla/ffi/api/c_api.h"
+
+/* Sort row `key` (n keys, sign bit flipped by `flip` so signed keys order as unsigned),
+ * writing the stable order to `out`. `k`, `k2`, `i2` are scratch of n entries each. */
+static void argsort_row(const uint32_t *key, uint32_t flip, int64_t n, int32_t *out,
+                        uint32_t *k, uint32_t *k2, int32_t *i2) {
+  int64_t count[4][256];
+  memset(count, 0, sizeof count);
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t v = key[i] ^ flip;
+    k[i] = v, out[i] = (int32_t)i;
+    for (int d = 0; d < 4; d++) count[d][(v >> (8 * d)) & 255]++;
+  }
+  uint32_t *src_k = k, *dst_k = k2;
+  int32_t *src_i = out, *dst_i = i2;
+  for (int d = 0; d < 4; d++) {
+    int64_t *c = count[d], sum = 0;
+    if (n && c[(src_k[0] >> (8 * d)) & 255] == n) continue; /* every key has this digit */
+    for (int b = 0; b < 256; b++) {
+      int64_t here = c[b];
+      c[b] = sum, sum += here;
+    }
+    for (int64_t i = 0; i < n; i++) {
+      int64_t at = c[(src_k[i] >> (8 * d)) & 255]++;
+      dst_k[at] = src_k[i], dst_i[at] = src_i[i];
+    }
+    uint32_t *tk = src_k;
+    int32_t *ti = src_i;
+    src_k = dst_k, dst_k = tk, src_i = dst_i, dst_i = ti;
+  }
+  if (src_i != out) memcpy(out, src_i, (size_t)n * sizeof *out);
+}
+
+static XLA_FFI_Error *fail(const XLA_FFI_CallFrame *frame, const char *msg) {
+  XLA_FFI_Error_Create_Args args = {XLA_FFI_Error_Create_Args_STRUCT_SIZE, NULL, msg,
+                                    XLA_FFI_Error_Code_INVALID_ARGUMENT};
+  return frame->api->XLA_FFI_Error_Create(&args);
+}
+
+XLA_FFI_Error *prtm_argsort_stable(XLA_FFI_CallFrame *frame) {
+  if (frame->extension_start && frame->extension_start->type == XLA_FFI_Extension_Metadata) {
+    XLA_FFI_Metadata_Extension *ext = (XLA_FFI_Metadata_Extension *)frame->extension_start;
+    ext->metadata->api_version = (XLA_FFI_Api_Version){XLA_FFI_Api_Version_STRUCT_SIZE, NULL,
+                                                       XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR};
+    ext->metadata->traits = 0;
+    return NULL;
+  }
+  if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE) return NULL;
+  if (frame->args.size != 1 || frame->rets.size != 1)
+    return fail(frame, "prtm_argsort_stable: expected one argument (keys) and one result");
+  const XLA_FFI_Buffer *keys = ((XLA_FFI_Buffer **)frame->args.args)[0];
+  const XLA_FFI_Buffer *idx = ((XLA_FFI_Buffer **)frame->rets.rets)[0];
+  if (keys->dtype != XLA_FFI_DataType_U32 && keys->dtype != XLA_FFI_DataType_S32)
+    return fail(frame, "prtm_argsort_stable: keys must be u32 or s32");
+  if (keys->rank < 1) return fail(frame, "prtm_argsort_stable: keys must have an axis");
+  const int64_t n = keys->dims[keys->rank - 1];
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < keys->rank; d++) rows *= keys->dims[d];
+  if (rows == 0 || n == 0) return NULL;
+  const uint32_t flip = keys->dtype == XLA_FFI_DataType_S32 ? 0x80000000u : 0;
+  uint32_t *scratch = malloc((size_t)n * 3 * sizeof(uint32_t));
+  if (!scratch) return fail(frame, "prtm_argsort_stable: out of memory");
+  for (int64_t r = 0; r < rows; r++)
+    argsort_row((const uint32_t *)keys->data + r * n, flip, n, (int32_t *)idx->data + r * n,
+                scratch, scratch + n, (int32_t *)(scratch + 2 * n));
+  free(scratch);
+  return NULL;
+}
