@@ -122,9 +122,9 @@ def load() -> ctypes.CDLL:
 
 
 def _threefry2x32(*args: jax.Array) -> list[jax.Array]:
-    """`threefry2x32_p`'s operands (k1, k2, x1, x2, broadcastable u32) through the C hash."""
-    args = jnp.broadcast_arrays(*args)
-    out = jax.ShapeDtypeStruct(args[0].shape, jnp.uint32)
+    """`threefry2x32_p`'s operands (k1, k2, x1, x2: u32 of one rank, each dimension the
+    result's or 1) through the C hash, which broadcasts them itself."""
+    out = jax.ShapeDtypeStruct(jnp.broadcast_shapes(*(a.shape for a in args)), jnp.uint32)
     return list(jax.ffi.ffi_call(THREEFRY_TARGET, (out, out))(*args))
 
 

@@ -53,9 +53,12 @@ def test_threefry_gives_the_papers_known_answers_and_numpys_bits():
         got = hash_(*(np.uint32(v) for v in (*key, *ctr)))
         assert [int(v) for v in got] == list(want)
     assert [int(v[0]) for v in numpy_threefry2x32(*known[2][0], *known[2][1])] == list(known[2][2])
-    # Shapes the lowering broadcasts: scalar keys, keys per row, counters per column.
+    # Shapes the kernel broadcasts: scalar keys, keys per row and counters per column (as
+    # under vmap), dimensions it cannot merge, rows longer than its 1,024-entry chunks.
     rng = np.random.default_rng(0)
-    for k_shape, x_shape in [((), (3, 5)), ((4, 1), (1, 7)), ((2, 3), (2, 3)), ((), (0,))]:
+    shapes = [((), (3, 5)), ((4, 1), (1, 7)), ((2, 3), (2, 3)), ((), (0,))]
+    shapes += [((4, 1, 1), (1, 5, 3)), ((2, 1, 3), (1, 4, 1)), ((2, 1), (1, 3000))]
+    for k_shape, x_shape in shapes:
         k1, k2 = (rng.integers(0, 2**32, k_shape, dtype=np.uint32) for _ in range(2))
         x1, x2 = (rng.integers(0, 2**32, x_shape, dtype=np.uint32) for _ in range(2))
         for got, want in zip(

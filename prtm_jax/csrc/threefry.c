@@ -7,12 +7,18 @@
  * SC 2011; tests compare with a NumPy implementation, the paper's known answers and JAX's own
  * lowering); what changes is that a call site costs XLA nothing to compile.
  *
- * Call frame: args k1, k2, x1, x2, all u32 of one shape (the lowering broadcasts them);
- *             rets y1, y2, u32 of that shape.
+ * Call frame: args k1, k2, x1, x2, u32, each dimension (aligned from the last; missing ones
+ *             count as 1) either the output's or 1 (broadcast here, as lax broadcasts them: keys are typically one
+ *             per seed and counters one per draw, so nothing is materialised in XLA);
+ *             rets y1, y2, u32 of the broadcast shape.
  */
 #include <stdint.h>
+#include <string.h>
 
 #include "xla/ffi/api/c_api.h"
+
+#define MAX_RANK 16
+#define CHUNK 1024
 
 static inline uint32_t rotl(uint32_t v, int r) { return (v << r) | (v >> (32 - r)); }
 
@@ -58,15 +64,63 @@ XLA_FFI_Error *prtm_threefry2x32(XLA_FFI_CallFrame *frame) {
     return fail(frame, "prtm_threefry2x32: expected args k1, k2, x1, x2 and rets y1, y2");
   XLA_FFI_Buffer **arg = (XLA_FFI_Buffer **)frame->args.args;
   XLA_FFI_Buffer **ret = (XLA_FFI_Buffer **)frame->rets.rets;
-  int64_t n = 1;
-  for (int64_t d = 0; d < ret[0]->rank; d++) n *= ret[0]->dims[d];
+  const int64_t R = ret[0]->rank, *D = ret[0]->dims;
+  if (R > MAX_RANK) return fail(frame, "prtm_threefry2x32: rank above 16");
+  /* Each argument's stride along each output dimension: 0 where it is broadcast. Dimensions
+   * are then merged where every argument is either contiguous across them or broadcast along
+   * both, so a typical call is [outer, inner] with keys varying along one of them only. */
+  int64_t dims[MAX_RANK], stride[4][MAX_RANK], n = 1;
   for (int j = 0; j < 4; j++) {
-    int64_t m = 1;
-    for (int64_t d = 0; d < arg[j]->rank; d++) m *= arg[j]->dims[d];
-    if (m != n || arg[j]->dtype != XLA_FFI_DataType_U32)
-      return fail(frame, "prtm_threefry2x32: every argument must be u32 of the output's size");
+    const int64_t lead = R - arg[j]->rank; /* missing leading dimensions count as 1 */
+    if (arg[j]->dtype != XLA_FFI_DataType_U32 || lead < 0)
+      return fail(frame, "prtm_threefry2x32: arguments must be u32, of rank <= the outputs'");
+    int64_t s = 1;
+    for (int64_t d = R - 1; d >= 0; d--) {
+      int64_t size = d < lead ? 1 : arg[j]->dims[d - lead];
+      if (size != D[d] && size != 1)
+        return fail(frame, "prtm_threefry2x32: argument dimensions must be the output's or 1");
+      stride[j][d] = size == 1 ? 0 : s;
+      s *= size;
+    }
   }
-  threefry2x32(arg[0]->data, arg[1]->data, arg[2]->data, arg[3]->data, ret[0]->data,
-               ret[1]->data, n);
+  int r = 0;
+  for (int64_t d = 0; d < R; d++) {
+    n *= D[d];
+    if (D[d] == 1) continue;
+    int merge = r > 0;
+    for (int j = 0; j < 4 && merge; j++)
+      merge = stride[j][r - 1] == stride[j][d] * D[d] || (stride[j][r - 1] | stride[j][d]) == 0;
+    if (merge) {
+      dims[r - 1] *= D[d];
+      for (int j = 0; j < 4; j++) stride[j][r - 1] = stride[j][d];
+    } else {
+      dims[r] = D[d];
+      for (int j = 0; j < 4; j++) stride[j][r] = stride[j][d];
+      r++;
+    }
+  }
+  if (n == 0) return NULL;
+  if (r == 0) dims[0] = 1, stride[0][0] = stride[1][0] = stride[2][0] = stride[3][0] = 0, r = 1;
+  /* The innermost dimension in chunks: each argument copied or repeated into a buffer, the
+   * hash on whole buffers (vectorised), the outputs written in order. */
+  const uint32_t *src[4];
+  for (int j = 0; j < 4; j++) src[j] = arg[j]->data;
+  uint32_t buf[4][CHUNK];
+  uint32_t *y1 = ret[0]->data, *y2 = ret[1]->data;
+  int64_t idx[MAX_RANK] = {0}, inner = dims[r - 1];
+  for (int64_t done = 0; done < n; done += inner) {
+    int64_t off[4] = {0};
+    for (int j = 0; j < 4; j++)
+      for (int d = 0; d + 1 < r; d++) off[j] += idx[d] * stride[j][d];
+    for (int64_t c0 = 0; c0 < inner; c0 += CHUNK) {
+      int64_t m = inner - c0 < CHUNK ? inner - c0 : CHUNK;
+      for (int j = 0; j < 4; j++) {
+        if (stride[j][r - 1]) memcpy(buf[j], src[j] + off[j] + c0, (size_t)m * 4);
+        else for (int64_t i = 0; i < m; i++) buf[j][i] = src[j][off[j]];
+      }
+      threefry2x32(buf[0], buf[1], buf[2], buf[3], y1 + done + c0, y2 + done + c0, m);
+    }
+    for (int d = r - 2; d >= 0 && ++idx[d] == dims[d]; d--) idx[d] = 0;
+  }
   return NULL;
 }
