@@ -200,7 +200,7 @@ def main() -> None:
     try:
         path = build()
     except Unavailable as e:
-        print(f"lanes kernel unavailable: {e}; training runs in XLA (train.impl=auto)")
+        print(f"lanes kernel unavailable: {e}; training, random numbers and sorts run in XLA")
         return
     print(f"lanes kernel: {path} ({time.perf_counter() - t:.1f} s)")
 

@@ -137,13 +137,14 @@ def test_build_is_cached_and_a_missing_compiler_falls_back_to_xla(tmp_path):
     env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "PRTM_NATIVE_DIR": str(tmp_path)}
     code = (
         "import json; from prtm_jax import native; from prtm_jax.train import TrainSpec, "
-        "resolve_impl; print(json.dumps([resolve_impl(TrainSpec((0, 4, 2))), native.available()]))"
+        "resolve_impl; print(json.dumps([resolve_impl(TrainSpec((0, 4, 2))), native.available(), "
+        "native.native_ops(), native.use_native_threefry()]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    impl, why = json.loads(out.stdout)
-    assert impl == "xla"
+    impl, why, native_ops, threefry = json.loads(out.stdout)
+    assert (impl, native_ops, threefry) == ("xla", False, False)  # random numbers, sorts: JAX's
     assert why.startswith(f"no working C compiler ({tmp_path / 'no-such-cc'}: ")
     assert why.endswith("); set CC")
     assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
