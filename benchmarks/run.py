@@ -228,7 +228,7 @@ def worker_cli(a: dict) -> dict:
     metrics and the result files. The lanes kernel comes built, as `make` installs it
     (PRTM_NATIVE_DIR, built once per run by worker_build, which times that).
     `fast=False` compiles at XLA's default optimisation level instead of the runner's, with
-    jax.grad's weight-gradient layout and JAX's own Threefry lowering (the unoptimised
+    jax.grad's weight-gradient layout and JAX's own Threefry and sorts (the unoptimised
     configuration, for comparison)."""
     import tempfile
 

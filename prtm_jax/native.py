@@ -131,7 +131,8 @@ def _threefry2x32(*args: jax.Array) -> list[jax.Array]:
 @functools.cache
 def native_ops() -> bool:
     """Whether the C replacements of XLA ops are used: the library is usable here (so JAX's
-    backend is the CPU) and `PRTM_NATIVE_OPS` is not "0"."""
+    backend is the CPU) and `PRTM_NATIVE_OPS` is not "0". Decided once per process, at first
+    use: set the variable before running anything."""
     return os.environ.get("PRTM_NATIVE_OPS", "1") != "0" and available() is None
 
 
@@ -144,7 +145,12 @@ def use_native_threefry() -> bool:
     fold_in, random bits), so programs traced after this call draw the same numbers as
     before. JAX's own CPU lowering is a loop over groups of rounds that XLA compiles anew at
     every call site: 0.6-0.8 s of the 2.3-2.5 s that compiling the prtm2 program took on the
-    CPU this was measured on (docs/performance.md, optimisation 41)."""
+    CPU this was measured on (docs/performance.md, optimisation 41).
+
+    It holds for every CPU program lowered afterwards in this process, not only prtm's. jit's
+    automatic partitioner cannot split a custom call, so a program that jit shards over
+    several devices computes its random numbers whole on each (the same values, more work);
+    `experiment.per_device` shards with shard_map, where each device draws only its own."""
     if not native_ops():
         return False
     from jax.extend.random import threefry2x32_p
@@ -166,19 +172,25 @@ def available() -> str | None:
 
 
 def argsort_stable(keys: jax.Array) -> jax.Array:
-    """`jnp.argsort(keys, axis=-1, stable=True)` (int32 indices), through `csrc/argsort.c` for
-    int32 and uint32 keys if `native_ops()`. Under vmap the kernel sorts every row."""
+    """`jnp.argsort(keys, axis=-1, stable=True)`, through `csrc/argsort.c` for int32 and uint32
+    keys if `native_ops()` (the kernel's int32 indices in JAX's default integer type). Under
+    vmap the kernel sorts every row. The kernel is a CPU target: programs lowered for another
+    platform (jax.export) need PRTM_NATIVE_OPS=0."""
+    keys = jnp.asarray(keys)
     if keys.dtype not in (jnp.int32, jnp.uint32) or keys.ndim < 1 or not native_ops():
         return jnp.argsort(keys, axis=-1, stable=True)
     out = jax.ShapeDtypeStruct(keys.shape, jnp.int32)
-    return jax.ffi.ffi_call(ARGSORT_TARGET, out, vmap_method="broadcast_all")(keys)
+    idx = jax.ffi.ffi_call(ARGSORT_TARGET, out, vmap_method="broadcast_all")(keys)
+    return idx.astype(jax.dtypes.canonicalize_dtype(np.int64))  # int64 only with jax_enable_x64
 
 
-def permutation(key: jax.Array, x: jax.Array) -> jax.Array:
-    """`jax.random.permutation(key, x)` for a 1-D x, with its sorts through `argsort_stable`.
+def permutation(key: jax.Array, x: jax.Array | int) -> jax.Array:
+    """`jax.random.permutation(key, x)` for a 1-D x (an int n: arange(n)), with its sorts
+    through `argsort_stable`.
 
     JAX's algorithm: rounds of sorting x by fresh 32-bit random keys (a stable sort), as many
     as make key collisions across all rounds unlikely (3 log n / log(2^32 - 1), rounded up)."""
+    x = jnp.arange(x) if isinstance(x, int) else jnp.asarray(x)
     if x.ndim != 1:
         raise ValueError(f"permutation shuffles a 1-D array, got shape {x.shape}")
     if not native_ops():

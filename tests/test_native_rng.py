@@ -118,6 +118,8 @@ def test_argsort_is_numpys_stable_argsort_for_every_row():
         rng.integers(-(2**31), 2**31, (2, 3, 517)).astype(np.int32),  # signs: every digit
         rng.integers(0, 2**32, (1, 2500), dtype=np.uint32),
         (rng.integers(0, 4, (64,)) << 24).astype(np.uint32),  # only the top digit varies
+        np.full((2, 300), 7, np.int32),  # all equal: every digit pass is skipped
+        np.zeros((3, 1), np.uint32),
         np.zeros((3, 0), np.int32),
     ]
     for keys in cases:
@@ -130,14 +132,29 @@ def test_argsort_is_numpys_stable_argsort_for_every_row():
     np.testing.assert_array_equal(np.asarray(rows), np.argsort(keys, axis=-1, kind="stable"))
     floats = np.float32([0.5, -1.0, 0.5])  # not the kernel's: jnp.argsort
     assert jax.jit(native.argsort_stable)(floats).tolist() == [1, 0, 2]
+    with jax.enable_x64(True):  # JAX's default integer type, as jnp.argsort
+        assert native.argsort_stable(keys).dtype == jnp.argsort(keys).dtype == np.int64
 
 
 def test_permutation_is_jaxs_for_any_key_and_size():
+    assert native.native_ops()
+    x = jnp.arange(2500, dtype=jnp.int32)
+    assert (
+        "prtm_argsort_stable" in jax.jit(native.permutation).lower(jax.random.key(0), x).as_text()
+    )
     for n in (1, 2, 7, 1625, 1626, 2500):  # 1,626 rows and more take 2 rounds of sorting
         x = jnp.arange(n, dtype=jnp.int32) * 3
         for seed in range(3):
             key = jax.random.key(seed)
             got = jax.jit(native.permutation)(key, x)
             np.testing.assert_array_equal(got, jax.random.permutation(key, x))
+    keys = jax.random.split(jax.random.key(5), 4)
+    floats = jnp.linspace(0.0, 1.0, 30)
+    got = jax.vmap(native.permutation, in_axes=(0, None))(keys, floats)
+    want = jax.vmap(jax.random.permutation, in_axes=(0, None))(keys, floats)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        native.permutation(keys[0], 9), jax.random.permutation(keys[0], 9)
+    )
     with pytest.raises(ValueError, match=r"^permutation shuffles a 1-D array, got shape \(2, 2\)$"):
         native.permutation(jax.random.key(0), jnp.zeros((2, 2)))

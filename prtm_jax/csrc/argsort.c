@@ -68,7 +68,13 @@ XLA_FFI_Error *prtm_argsort_stable(XLA_FFI_CallFrame *frame) {
   if (keys->dtype != XLA_FFI_DataType_U32 && keys->dtype != XLA_FFI_DataType_S32)
     return fail(frame, "prtm_argsort_stable: keys must be u32 or s32");
   if (keys->rank < 1) return fail(frame, "prtm_argsort_stable: keys must have an axis");
+  if (idx->dtype != XLA_FFI_DataType_S32 || idx->rank != keys->rank)
+    return fail(frame, "prtm_argsort_stable: indices must be s32 of the keys' shape");
+  for (int64_t d = 0; d < keys->rank; d++)
+    if (idx->dims[d] != keys->dims[d])
+      return fail(frame, "prtm_argsort_stable: indices must be s32 of the keys' shape");
   const int64_t n = keys->dims[keys->rank - 1];
+  if (n > INT32_MAX) return fail(frame, "prtm_argsort_stable: more than 2^31 - 1 keys per row");
   int64_t rows = 1;
   for (int64_t d = 0; d + 1 < keys->rank; d++) rows *= keys->dims[d];
   if (rows == 0 || n == 0) return NULL;

@@ -66,6 +66,11 @@ XLA_FFI_Error *prtm_threefry2x32(XLA_FFI_CallFrame *frame) {
   XLA_FFI_Buffer **ret = (XLA_FFI_Buffer **)frame->rets.rets;
   const int64_t R = ret[0]->rank, *D = ret[0]->dims;
   if (R > MAX_RANK) return fail(frame, "prtm_threefry2x32: rank above 16");
+  for (int j = 0; j < 2; j++) {
+    int same = ret[j]->dtype == XLA_FFI_DataType_U32 && ret[j]->rank == R;
+    for (int64_t d = 0; same && d < R; d++) same = ret[j]->dims[d] == D[d];
+    if (!same) return fail(frame, "prtm_threefry2x32: results must be two u32 of one shape");
+  }
   /* Each argument's stride along each output dimension: 0 where it is broadcast. Dimensions
    * are then merged where every argument is either contiguous across them or broadcast along
    * both, so a typical call is [outer, inner] with keys varying along one of them only. */
