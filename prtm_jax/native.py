@@ -46,6 +46,7 @@ ARGSORT_TARGET = "prtm_argsort_stable"
 MAX_LAYERS = 16  # the kernel's MAX_LAYERS
 SOURCE = Path(__file__).parent / "csrc" / "lanes.c"
 SOURCES = (SOURCE, SOURCE.with_name("threefry.c"), SOURCE.with_name("argsort.c"))
+HEADERS = (SOURCE.with_name("ffi.h"),)  # part of the build's key, not compiled on their own
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
 
 
@@ -85,7 +86,7 @@ def build() -> Path:
     except (OSError, subprocess.CalledProcessError) as e:
         raise Unavailable(f"no working C compiler ({shlex.join(cc)}: {e}); set CC") from None
     digest = hashlib.sha256()
-    sources = [src.read_bytes() for src in SOURCES]
+    sources = [src.read_bytes() for src in (*SOURCES, *HEADERS)]
     for part in (*sources, header.read_bytes(), version, " ".join(FLAGS).encode()):
         digest.update(part)
     digest.update(_cpu_identity())

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "xla/ffi/api/c_api.h"
+#include "ffi.h"
 
 /* Sort row `key` (n keys, sign bit flipped by `flip` so signed keys order as unsigned),
  * writing the stable order to `out`. `k`, `k2`, `i2` are scratch of n entries each. */
@@ -46,41 +46,29 @@ static void argsort_row(const uint32_t *key, uint32_t flip, int64_t n, int32_t *
   if (src_i != out) memcpy(out, src_i, (size_t)n * sizeof *out);
 }
 
-static XLA_FFI_Error *fail(const XLA_FFI_CallFrame *frame, const char *msg) {
-  XLA_FFI_Error_Create_Args args = {XLA_FFI_Error_Create_Args_STRUCT_SIZE, NULL, msg,
-                                    XLA_FFI_Error_Code_INVALID_ARGUMENT};
-  return frame->api->XLA_FFI_Error_Create(&args);
-}
-
 XLA_FFI_Error *prtm_argsort_stable(XLA_FFI_CallFrame *frame) {
-  if (frame->extension_start && frame->extension_start->type == XLA_FFI_Extension_Metadata) {
-    XLA_FFI_Metadata_Extension *ext = (XLA_FFI_Metadata_Extension *)frame->extension_start;
-    ext->metadata->api_version = (XLA_FFI_Api_Version){XLA_FFI_Api_Version_STRUCT_SIZE, NULL,
-                                                       XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR};
-    ext->metadata->traits = 0;
-    return NULL;
-  }
-  if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE) return NULL;
+  if (prtm_ffi_not_executing(frame)) return NULL;
   if (frame->args.size != 1 || frame->rets.size != 1)
-    return fail(frame, "prtm_argsort_stable: expected one argument (keys) and one result");
+    return prtm_ffi_fail(frame, "prtm_argsort_stable: expected one argument (keys) and one result");
   const XLA_FFI_Buffer *keys = ((XLA_FFI_Buffer **)frame->args.args)[0];
   const XLA_FFI_Buffer *idx = ((XLA_FFI_Buffer **)frame->rets.rets)[0];
   if (keys->dtype != XLA_FFI_DataType_U32 && keys->dtype != XLA_FFI_DataType_S32)
-    return fail(frame, "prtm_argsort_stable: keys must be u32 or s32");
-  if (keys->rank < 1) return fail(frame, "prtm_argsort_stable: keys must have an axis");
+    return prtm_ffi_fail(frame, "prtm_argsort_stable: keys must be u32 or s32");
+  if (keys->rank < 1) return prtm_ffi_fail(frame, "prtm_argsort_stable: keys must have an axis");
   if (idx->dtype != XLA_FFI_DataType_S32 || idx->rank != keys->rank)
-    return fail(frame, "prtm_argsort_stable: indices must be s32 of the keys' shape");
+    return prtm_ffi_fail(frame, "prtm_argsort_stable: indices must be s32 of the keys' shape");
   for (int64_t d = 0; d < keys->rank; d++)
     if (idx->dims[d] != keys->dims[d])
-      return fail(frame, "prtm_argsort_stable: indices must be s32 of the keys' shape");
+      return prtm_ffi_fail(frame, "prtm_argsort_stable: indices must be s32 of the keys' shape");
   const int64_t n = keys->dims[keys->rank - 1];
-  if (n > INT32_MAX) return fail(frame, "prtm_argsort_stable: more than 2^31 - 1 keys per row");
+  if (n > INT32_MAX)
+    return prtm_ffi_fail(frame, "prtm_argsort_stable: more than 2^31 - 1 keys per row");
   int64_t rows = 1;
   for (int64_t d = 0; d + 1 < keys->rank; d++) rows *= keys->dims[d];
   if (rows == 0 || n == 0) return NULL;
   const uint32_t flip = keys->dtype == XLA_FFI_DataType_S32 ? 0x80000000u : 0;
   uint32_t *scratch = malloc((size_t)n * 3 * sizeof(uint32_t));
-  if (!scratch) return fail(frame, "prtm_argsort_stable: out of memory");
+  if (!scratch) return prtm_ffi_fail(frame, "prtm_argsort_stable: out of memory");
   for (int64_t r = 0; r < rows; r++)
     argsort_row((const uint32_t *)keys->data + r * n, flip, n, (int32_t *)idx->data + r * n,
                 scratch, scratch + n, (int32_t *)(scratch + 2 * n));

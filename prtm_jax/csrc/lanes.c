@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "xla/ffi/api/c_api.h"
+#include "ffi.h"
 
 #define LANES 16
 typedef float vf __attribute__((vector_size(LANES * 4)));
@@ -224,12 +224,6 @@ static void train_block(Net *n) {
   }
 }
 
-static XLA_FFI_Error *error(const XLA_FFI_CallFrame *frame, const char *msg) {
-  XLA_FFI_Error_Create_Args args = {XLA_FFI_Error_Create_Args_STRUCT_SIZE, NULL, msg,
-                                    XLA_FFI_Error_Code_INVALID_ARGUMENT};
-  return frame->api->XLA_FFI_Error_Create(&args);
-}
-
 static int64_t elems(const XLA_FFI_Buffer *buf, int from) {
   int64_t n = 1;
   for (int64_t i = from; i < buf->rank; i++) n *= buf->dims[i];
@@ -237,18 +231,11 @@ static int64_t elems(const XLA_FFI_Buffer *buf, int from) {
 }
 
 XLA_FFI_Error *prtm_sgd_lanes(XLA_FFI_CallFrame *frame) {
-  if (frame->extension_start && frame->extension_start->type == XLA_FFI_Extension_Metadata) {
-    XLA_FFI_Metadata_Extension *ext = (XLA_FFI_Metadata_Extension *)frame->extension_start;
-    ext->metadata->api_version = (XLA_FFI_Api_Version){XLA_FFI_Api_Version_STRUCT_SIZE, NULL,
-                                                       XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR};
-    ext->metadata->traits = 0;
-    return NULL;
-  }
-  if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE) return NULL;
+  if (prtm_ffi_not_executing(frame)) return NULL;
   const int64_t n_args = frame->args.size, n_rets = frame->rets.size;
   const int L = (int)(n_args - 4) / 2;
   if (n_args < 6 || n_args % 2 || n_rets != 2 * L + 1 || L > MAX_LAYERS)
-    return error(frame, "prtm_sgd_lanes: expected x, y, lr, opts and (w, b) per layer");
+    return prtm_ffi_fail(frame, "prtm_sgd_lanes: expected x, y, lr, opts and (w, b) per layer");
   XLA_FFI_Buffer **arg = (XLA_FFI_Buffer **)frame->args.args;
   XLA_FFI_Buffer **ret = (XLA_FFI_Buffer **)frame->rets.rets;
   const XLA_FFI_Buffer *xb = arg[0];
@@ -263,7 +250,8 @@ XLA_FFI_Error *prtm_sgd_lanes(XLA_FFI_CallFrame *frame) {
   net.mean_loss = opts[1];
   const XLA_FFI_Buffer *lossb = ret[2 * L];
   net.E = (int)lossb->dims[lossb->rank - 1];
-  if (net.batch < 1 || net.batch > net.N) return error(frame, "prtm_sgd_lanes: bad batch size");
+  if (net.batch < 1 || net.batch > net.N)
+    return prtm_ffi_fail(frame, "prtm_sgd_lanes: bad batch size");
 
   /* One allocation per call: lane-major data, parameters, activations and errors. */
   size_t n_par = 0, n_act = 0;
@@ -276,7 +264,7 @@ XLA_FFI_Error *prtm_sgd_lanes(XLA_FFI_CallFrame *frame) {
   }
   size_t n_vf = (size_t)net.N * net.d[0] + n_par + n_act + net.E;
   vf *mem = aligned_alloc(64, n_vf * sizeof(vf) + net.N * sizeof(vi));
-  if (!mem) return error(frame, "prtm_sgd_lanes: out of memory");
+  if (!mem) return prtm_ffi_fail(frame, "prtm_sgd_lanes: out of memory");
   vf *p = mem;
   net.x = p, p += (size_t)net.N * net.d[0];
   for (int l = 0; l < L; l++) {

@@ -8,14 +8,15 @@
  * lowering); what changes is that a call site costs XLA nothing to compile.
  *
  * Call frame: args k1, k2, x1, x2, u32, each dimension (aligned from the last; missing ones
- *             count as 1) either the output's or 1 (broadcast here, as lax broadcasts them: keys are typically one
- *             per seed and counters one per draw, so nothing is materialised in XLA);
+ *             count as 1) either the output's or 1. They are broadcast here, as lax shapes
+ *             them: keys are typically one per seed and counters one per draw, so nothing is
+ *             materialised in XLA.
  *             rets y1, y2, u32 of the broadcast shape.
  */
 #include <stdint.h>
 #include <string.h>
 
-#include "xla/ffi/api/c_api.h"
+#include "ffi.h"
 
 #define MAX_RANK 16
 #define CHUNK 1024
@@ -45,31 +46,19 @@ static void threefry2x32(const uint32_t *restrict k1, const uint32_t *restrict k
   }
 }
 
-static XLA_FFI_Error *fail(const XLA_FFI_CallFrame *frame, const char *msg) {
-  XLA_FFI_Error_Create_Args args = {XLA_FFI_Error_Create_Args_STRUCT_SIZE, NULL, msg,
-                                    XLA_FFI_Error_Code_INVALID_ARGUMENT};
-  return frame->api->XLA_FFI_Error_Create(&args);
-}
-
 XLA_FFI_Error *prtm_threefry2x32(XLA_FFI_CallFrame *frame) {
-  if (frame->extension_start && frame->extension_start->type == XLA_FFI_Extension_Metadata) {
-    XLA_FFI_Metadata_Extension *ext = (XLA_FFI_Metadata_Extension *)frame->extension_start;
-    ext->metadata->api_version = (XLA_FFI_Api_Version){XLA_FFI_Api_Version_STRUCT_SIZE, NULL,
-                                                       XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR};
-    ext->metadata->traits = 0;
-    return NULL;
-  }
-  if (frame->stage != XLA_FFI_ExecutionStage_EXECUTE) return NULL;
+  if (prtm_ffi_not_executing(frame)) return NULL;
   if (frame->args.size != 4 || frame->rets.size != 2)
-    return fail(frame, "prtm_threefry2x32: expected args k1, k2, x1, x2 and rets y1, y2");
+    return prtm_ffi_fail(frame, "prtm_threefry2x32: expected args k1, k2, x1, x2 and rets y1, y2");
   XLA_FFI_Buffer **arg = (XLA_FFI_Buffer **)frame->args.args;
   XLA_FFI_Buffer **ret = (XLA_FFI_Buffer **)frame->rets.rets;
   const int64_t R = ret[0]->rank, *D = ret[0]->dims;
-  if (R > MAX_RANK) return fail(frame, "prtm_threefry2x32: rank above 16");
+  if (R > MAX_RANK) return prtm_ffi_fail(frame, "prtm_threefry2x32: rank above 16");
   for (int j = 0; j < 2; j++) {
     int same = ret[j]->dtype == XLA_FFI_DataType_U32 && ret[j]->rank == R;
     for (int64_t d = 0; same && d < R; d++) same = ret[j]->dims[d] == D[d];
-    if (!same) return fail(frame, "prtm_threefry2x32: results must be two u32 of one shape");
+    if (!same)
+      return prtm_ffi_fail(frame, "prtm_threefry2x32: results must be two u32 of one shape");
   }
   /* Each argument's stride along each output dimension: 0 where it is broadcast. Dimensions
    * are then merged where every argument is either contiguous across them or broadcast along
@@ -78,12 +67,14 @@ XLA_FFI_Error *prtm_threefry2x32(XLA_FFI_CallFrame *frame) {
   for (int j = 0; j < 4; j++) {
     const int64_t lead = R - arg[j]->rank; /* missing leading dimensions count as 1 */
     if (arg[j]->dtype != XLA_FFI_DataType_U32 || lead < 0)
-      return fail(frame, "prtm_threefry2x32: arguments must be u32, of rank <= the outputs'");
+      return prtm_ffi_fail(frame,
+                           "prtm_threefry2x32: arguments must be u32, of rank <= the outputs'");
     int64_t s = 1;
     for (int64_t d = R - 1; d >= 0; d--) {
       int64_t size = d < lead ? 1 : arg[j]->dims[d - lead];
       if (size != D[d] && size != 1)
-        return fail(frame, "prtm_threefry2x32: argument dimensions must be the output's or 1");
+        return prtm_ffi_fail(frame,
+                             "prtm_threefry2x32: argument dimensions must be the output's or 1");
       stride[j][d] = size == 1 ? 0 : s;
       s *= size;
     }
