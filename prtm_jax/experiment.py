@@ -376,20 +376,21 @@ def block_runner(
     while_compiling: Callable[[], object] | None = None,
 ) -> jax.stages.Compiled:
     """`compiled_runner(key, n_devices)` compiled for blocks shaped like `block`, once per
-    process. Tracing and lowering run on this thread; XLA's compile, which releases the GIL,
-    runs on a worker while `while_compiling()` (host work the caller needs next, such as
-    imports) runs here. No traced code runs on the worker."""
+    process. Only the shapes, dtypes and shardings of `block` matter. Tracing and lowering
+    run on this thread; XLA's compile, which releases the GIL, runs on a worker while
+    `while_compiling()` (host work the caller needs next, such as imports) runs here; with
+    nothing to compile, it runs right away. No traced code runs on the worker."""
     shapes = tuple((v.shape, str(v.dtype)) for v in jax.tree.leaves(block))
     cache_key = (key, n_devices, shapes)
-    if cache_key not in _EXECUTABLES:
+    hook = while_compiling or (lambda: None)
+    if cache_key in _EXECUTABLES:
+        hook()
+    else:
         lowered = compiled_runner(key, n_devices).lower(*block)
-        if while_compiling is None:
-            _EXECUTABLES[cache_key] = lowered.compile()
-        else:
-            with ThreadPoolExecutor(1) as worker:
-                job = worker.submit(lowered.compile)
-                while_compiling()
-                _EXECUTABLES[cache_key] = job.result()
+        with ThreadPoolExecutor(1) as worker:
+            job = worker.submit(lowered.compile)
+            hook()
+            _EXECUTABLES[cache_key] = job.result()
     return _EXECUTABLES[cache_key]
 
 
@@ -472,11 +473,21 @@ def run_seeds(
     hp = grid_hparams(cfg, points)
     point_I = np.repeat(np.arange(len(points)), cfg.seeds)
     seed_I = np.tile(np.arange(cfg.seeds), len(points))
-    items = (seed_key_data(cfg.root_seed, seed_I), jax.tree.map(lambda v: v[point_I], hp))
+    hp_I = jax.tree.map(lambda v: v[point_I], hp)
     n_devices = block_devices(len(point_I), cfg.seed_chunk)
-    first = next(iter_blocks(items, cfg.seed_chunk))
-    run = block_runner(static_key(cfg), n_devices, first, while_compiling)
-    merged = run_in_blocks(run, items, cfg.seed_chunk, progress=cfg.progress)
+    # The program is lowered from the keys' shape; their values (a small program of their
+    # own) are computed while XLA compiles it.
+    keys_like = jax.eval_shape(functools.partial(_seed_key_data, cfg.root_seed), seed_I)
+    first = next(iter_blocks((np.zeros(keys_like.shape, keys_like.dtype), hp_I), cfg.seed_chunk))
+    keys: list[np.ndarray] = []
+
+    def meanwhile() -> None:
+        keys.append(seed_key_data(cfg.root_seed, seed_I))
+        if while_compiling is not None:
+            while_compiling()
+
+    run = block_runner(static_key(cfg), n_devices, first, meanwhile)
+    merged = run_in_blocks(run, (keys[0], hp_I), cfg.seed_chunk, progress=cfg.progress)
     shaped = jax.tree.map(lambda a: a.reshape(len(points), cfg.seeds, *a.shape[1:]), merged)
     return {name: shaped[name] for name in model_names(TASKS[cfg.task])}
 

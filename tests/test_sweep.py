@@ -215,6 +215,10 @@ def test_work_done_while_compiling_leaves_results_unchanged(tiny_cfg):
     calls = []
     hooked = experiment.run_seeds(tiny_cfg, lambda: calls.append(sum(range(10**6))))
     assert len(calls) == 1
+    # Compiled already: the hook still runs, once, and the seeds' keys are still computed.
+    again = experiment.run_seeds(tiny_cfg, lambda: calls.append(0))
+    assert len(calls) == 2
     for model, metrics in plain.items():
         for name, value in metrics.items():
             np.testing.assert_array_equal(hooked[model][name], value, err_msg=f"{model}.{name}")
+            np.testing.assert_array_equal(again[model][name], value, err_msg=f"{model}.{name}")
