@@ -164,10 +164,18 @@ def conditional_mutual_information(
     0.1 nats, so read it against `cmi_null`, its value when the dependence is removed.
     Pass y_N = zeros for the pooled mutual information I(pred_a; pred_b).
     """
-    c = n_classes
+    return _cmi_of_counts(_joint_counts(pred_a, pred_b, y_N, n_classes), y_N.shape[0])
+
+
+def _joint_counts(pred_a: jax.Array, pred_b: jax.Array, y_N: jax.Array, c: int) -> jax.Array:
+    """Row counts (c, c, c) of each (y, pred_a, pred_b); exact in float32 below 2^24 rows."""
     idx_N = (y_N * c + pred_a) * c + pred_b
     ones_N = jnp.ones(y_N.shape, jnp.float32)
-    p_YAB = jax.ops.segment_sum(ones_N, idx_N, num_segments=c**3).reshape(c, c, c) / y_N.shape[0]
+    return jax.ops.segment_sum(ones_N, idx_N, num_segments=c**3).reshape(c, c, c)
+
+
+def _cmi_of_counts(counts_YAB: jax.Array, n_rows: int) -> jax.Array:
+    p_YAB = counts_YAB / n_rows
     p_Y11 = p_YAB.sum((1, 2), keepdims=True)
     p_YA1 = p_YAB.sum(2, keepdims=True)
     p_Y1B = p_YAB.sum(1, keepdims=True)
@@ -175,6 +183,9 @@ def conditional_mutual_information(
     ratio = jnp.where(pos, p_YAB * p_Y11, 1.0) / jnp.where(pos, p_YA1 * p_Y1B, 1.0)
     return jnp.where(pos, p_YAB * jnp.log(ratio), 0.0).sum()
 
+
+# Within-class shuffles behind cmi_null.
+CMI_NULL_SHUFFLES = 16
 
 # Labels below this many fit beside a uniform's 23 random bits in one uint32 sort key.
 _ONE_KEY_CLASSES = 2**9
@@ -210,7 +221,7 @@ def cmi_null(
     pred_b: jax.Array,
     y_N: jax.Array,
     n_classes: int,
-    n_shuffles: int = 16,
+    n_shuffles: int = CMI_NULL_SHUFFLES,
 ) -> jax.Array:
     """Mean plug-in CMI after shuffling pred_b within each class: the estimate's floor at CMI 0.
 
@@ -218,11 +229,18 @@ def cmi_null(
     `cmi - cmi_null` is the conditional dependence beyond the plug-in bias (the same idea, and
     name, as `dependence.Dependence.cmi_null` for the views).
     """
+    counts_SYAB = _null_counts(key, pred_a, pred_b, y_N, n_classes, n_shuffles)
+    return jax.vmap(_cmi_of_counts, in_axes=(0, None))(counts_SYAB, y_N.shape[0]).mean()
+
+
+def _null_counts(
+    key: jax.Array, pred_a: jax.Array, pred_b: jax.Array, y_N: jax.Array, c: int, n_shuffles: int
+) -> jax.Array:
+    """`_joint_counts` (S, c, c, c) after each of n_shuffles within-class shuffles of pred_b."""
     keys = jax.random.split(key, n_shuffles)
-    shuffle = partial(shuffle_within_class, n_classes=n_classes)
+    shuffle = partial(shuffle_within_class, n_classes=c)
     shuffled_SN = jax.vmap(shuffle, in_axes=(0, None, None))(keys, pred_b, y_N)
-    cmi = jax.vmap(conditional_mutual_information, in_axes=(None, 0, None, None))
-    return cmi(pred_a, shuffled_SN, y_N, n_classes).mean()
+    return jax.vmap(_joint_counts, in_axes=(None, 0, None, None))(pred_a, shuffled_SN, y_N, c)
 
 
 @partial(jax.jit, static_argnames="only_disagreements")
@@ -263,19 +281,27 @@ def pair_metrics(
 
     With a PRNG key, also cmi_null (the CMI estimate's level under independence given y).
     """
-    c = logp_a.shape[-1]
+    c, n = logp_a.shape[-1], y_N.shape[0]
     pred_a, pred_b = logp_a.argmax(-1), logp_b.argmax(-1)
     ok_a, ok_b = pred_a == y_N, pred_b == y_N
+    # The same numbers as the functions above, with less for XLA to compile: every table
+    # and joint distribution comes from one count of rows, and counts are exact in float32,
+    # so a pooled table is its class tables' sum, MI's joint is CMI's summed over y, and the
+    # CMIs of the data and of the shuffles are one batch (tests/test_metrics.py).
+    within = _tables(ok_a, ok_b, y_N, c)
+    pooled = within.sum(1, keepdims=True)
+    counts_YAB = _joint_counts(pred_a, pred_b, y_N, c)
+    pooled_YAB = jnp.zeros_like(counts_YAB).at[0].set(counts_YAB.sum(0))
     null = {} if key is None else {"cmi_null": cmi_null(key, pred_a, pred_b, y_N, c)}
     return null | {
-        "yules_q": yules_q(ok_a, ok_b),
-        "yules_q_within": yules_q_within(ok_a, ok_b, y_N, c),
-        "correlation": correlation(ok_a, ok_b),
-        "correlation_within": correlation_within(ok_a, ok_b, y_N, c),
+        "yules_q": _yules_q(*pooled),
+        "yules_q_within": _yules_q(*within),
+        "correlation": _correlation(*pooled),
+        "correlation_within": _correlation(*within),
         "disagreement": disagreement(ok_a, ok_b),
         "double_fault": double_fault(ok_a, ok_b),
-        "mi": conditional_mutual_information(pred_a, pred_b, jnp.zeros_like(y_N), c),
-        "cmi": conditional_mutual_information(pred_a, pred_b, y_N, c),
+        "mi": _cmi_of_counts(pooled_YAB, n),
+        "cmi": _cmi_of_counts(counts_YAB, n),
         "oracle_accuracy": (ok_a | ok_b).mean(),
     }
 

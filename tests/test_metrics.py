@@ -244,3 +244,30 @@ def test_all_metrics_vmaps_over_seeds_like_a_loop(rng):
             assert float(pair[k][i]) == pytest.approx(float(v), rel=1e-5, abs=1e-6), k
     assert pair["oracle_accuracy"].shape == (s,)
     assert (pair["oracle_accuracy"] >= per_model["weight"]["accuracy"]).all()
+
+
+@pytest.mark.parametrize("c", [3, 10])
+def test_pair_metrics_equal_the_metrics_one_at_a_time(rng, c):
+    # pair_metrics shares one count of rows among its tables and joint distributions; every
+    # number must still be the one the function of its name gives on its own.
+    n = 300
+    y = jnp.asarray(rng.integers(0, c, n))
+    # b agrees with y more often than chance, and with a in some rows, so no table is empty.
+    la = jnp.float32(rng.normal(0, 1, (n, c))).at[jnp.arange(n), y].add(1.0)
+    lb = jnp.float32(rng.normal(0, 1, (n, c))).at[jnp.arange(n), y].add(0.5)
+    key = jax.random.key(3)
+    pair = metrics.pair_metrics(jax.nn.log_softmax(la), jax.nn.log_softmax(lb), y, key)
+    pa, pb = la.argmax(-1), lb.argmax(-1)
+    ok_a, ok_b = pa == y, pb == y
+    expected = {
+        "yules_q": metrics.yules_q(ok_a, ok_b),
+        "yules_q_within": metrics.yules_q_within(ok_a, ok_b, y, c),
+        "correlation": metrics.correlation(ok_a, ok_b),
+        "correlation_within": metrics.correlation_within(ok_a, ok_b, y, c),
+        "mi": metrics.conditional_mutual_information(pa, pb, jnp.zeros_like(y), c),
+        "cmi": metrics.conditional_mutual_information(pa, pb, y, c),
+        "cmi_null": metrics.cmi_null(key, pa, pb, y, c),
+    }
+    for name, value in expected.items():
+        np.testing.assert_array_equal(pair[name], value, err_msg=name)
+    assert 0 < float(pair["mi"]) and float(pair["cmi_null"]) > 0
