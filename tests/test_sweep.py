@@ -42,22 +42,22 @@ def test_grid_points_equal_the_same_points_run_separately(tiny_cfg):
 
 def test_noise_and_learning_rate_changes_reuse_one_compiled_program(tiny_cfg):
     experiment.clear_compiled()
-    compiles = []  # run_seeds calls its hook once per XLA compile, while it compiles
+    compiled = experiment._EXECUTABLES  # one per XLA compile of a runner
     for std, lr in [(1.0, 0.01), (2.5, 0.02), (4.0, 0.003)]:
         cfg = dataclasses.replace(
             tiny_cfg,
             data=dataclasses.replace(tiny_cfg.data, view1_std=std),
             optim=OptimConfig(lr=lr),
         )
-        experiment.run_seeds(cfg, lambda: compiles.append(1))
-    assert len(compiles) == 1
+        experiment.run_seeds(cfg)
+    assert len(compiled) == 1
     assert experiment.compiled_runner.cache_info().currsize == 1
     # Another seed_chunk is another block shape: a second program (an uneven last block is
     # padded, so it adds none); the first one stays compiled.
     chunk2 = dataclasses.replace(tiny_cfg, seeds=5, seed_chunk=2)
-    experiment.run_seeds(chunk2, lambda: compiles.append(1))
-    experiment.run_seeds(tiny_cfg, lambda: compiles.append(1))
-    assert len(compiles) == 2 and experiment.compiled_runner.cache_info().currsize == 1
+    experiment.run_seeds(chunk2)
+    experiment.run_seeds(tiny_cfg)
+    assert len(compiled) == 2 and experiment.compiled_runner.cache_info().currsize == 1
 
 
 @pytest.mark.parametrize(
