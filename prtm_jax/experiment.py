@@ -1,8 +1,9 @@
 """Experiments: which models train on which view, which pairs fuse, over a vector of seeds.
 
 `make_run(static_key(cfg))` does the Python-side work once and returns a pure
-`run(seed_key, hp)` for one seed; `run_seeds(cfg)` runs `jit(vmap(vmap(run)))` over grid points
-and seeds (in chunks of `seed_chunk`), compiled once per `StaticKey` in a process.
+`run(seed_key, hp)` for one seed (data, training, test log-probs, fusion); `run_seeds(cfg)`
+runs `jit(vmap(run))` over (grid point, seed) items in blocks of `seed_chunk` per device,
+compiled once per `StaticKey` in a process, and `score`s each block's log-probs on the host.
 Seed i's keys are `fold_in(root, i)`, then `fold_in` by purpose (data, one per model), so a
 seed's result never depends on how many seeds run or in which chunk.
 """
@@ -53,6 +54,7 @@ class Task(NamedTuple):
 
 WEIGHT, BIAS = ModelSpec("weight", "x1"), ModelSpec("bias", "x2")
 PAIR = "weight|bias"  # the row of seeds.csv that describes the pair (diversity, dependence)
+TEST = "test"  # make_run's test labels (and cmi_null's shuffles) for `score`; not a row
 FITTED_RULES = frozenset({"calibrated_product", "pool"})  # fitted on the n_val held-out rows
 
 TASKS: dict[str, Task] = {
@@ -185,7 +187,9 @@ def train_impls(cfg: Config) -> dict[str, str]:
 def make_run(
     key: StaticKey,
 ) -> Callable[[jax.Array, HParams], dict[str, dict[str, jax.Array]]]:
-    """Return `run(seed_key, hp) -> {model: {metric: scalar}}` for one seed."""
+    """Return `run(seed_key, hp) -> {model: {output: array}}` for one seed: training loss,
+    finiteness, fitted fusion parameters and test log-probs per model, and the `TEST` entry
+    (labels, cmi_null's shuffles) that `score` turns into metrics."""
     task, spec, make_data = TASKS[key.task], key.spec, SOURCES[key.source]
     train = make_train(spec)
 
@@ -216,27 +220,43 @@ def make_run(
                 "finite": ok,
                 **{k: jnp.asarray(v) for k, v in params.items() if k != "log_prior"},
             }
-        fused = [f.name for f in task.fusions]
-        if fused:
-            per_model, pair = metrics.all_metrics(
-                logp,
-                data.y_test,
-                pair=(task.fusions[0].a, task.fusions[0].b),
-                fused=fused,
-                key=_model_key(seed_key, "metrics"),
-            )
-            out[PAIR] = {
-                **pair,
-                "finite": out[task.fusions[0].a]["finite"] & out[task.fusions[0].b]["finite"],
-            }
-        else:
-            per_model = {m: metrics.model_metrics(lp, data.y_test) for m, lp in logp.items()}
+        # The metrics are computed on the host from these (`score`).
         for name, lp in logp.items():
-            count, conf, correct = metrics.reliability_bins(lp, data.y_test)
-            out[name].update(per_model[name], rel_count=count, rel_conf=conf, rel_correct=correct)
+            out[name]["logp"] = lp
+        out[TEST] = {"y": data.y_test}
+        if task.fusions:
+            a, b = task.fusions[0].a, task.fusions[0].b
+            out[PAIR] = {"finite": out[a]["finite"] & out[b]["finite"]}
+            pred_b = logp[b].argmax(-1)
+            k_null = _model_key(seed_key, "metrics")
+            out[TEST]["null_b"] = metrics.null_shuffles(k_null, pred_b, data.y_test, n_class)
         return out
 
     return run
+
+
+def score(task: Task, out: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """`make_run`'s outputs for a block of items, on the host, with the test log-probs replaced
+    by their metrics (metrics.py, in float64, stored as float32 like the program's outputs):
+    {model: {metric: (items,) array, or (items, bins) for the reliability bins}}."""
+    out = {name: dict(d) for name, d in out.items()}
+    test = out.pop(TEST)
+    logp = {name: d.pop("logp") for name, d in out.items() if "logp" in d}
+    if task.fusions:
+        per_model, pair = metrics.all_metrics(
+            logp,
+            test["y"],
+            pair=(task.fusions[0].a, task.fusions[0].b),
+            fused=[f.name for f in task.fusions],
+            shuffled_b_SN=test["null_b"],
+        )
+        out[PAIR].update(pair)
+    else:
+        per_model = {m: metrics.model_metrics(lp, test["y"]) for m, lp in logp.items()}
+    for name, lp in logp.items():
+        count, conf, correct = metrics.reliability_bins(lp, test["y"])
+        out[name].update(per_model[name], rel_count=count, rel_conf=conf, rel_correct=correct)
+    return jax.tree.map(lambda v: v.astype(np.float32) if v.dtype == np.float64 else v, out)
 
 
 def _fusion_params(
@@ -429,13 +449,19 @@ def iter_blocks(items: tuple, chunk: int) -> Iterator[tuple]:
 
 
 def run_in_blocks(
-    fn: Callable[..., Any], items: tuple, chunk: int, *, progress: bool = False
+    fn: Callable[..., Any],
+    items: tuple,
+    chunk: int,
+    *,
+    progress: bool = False,
+    on_host: Callable[[Any], Any] = lambda block: block,
 ) -> Any:
     """fn (vmapped, jitted) over every item, in the blocks of `iter_blocks`.
 
     fn takes one block of each of `items` and returns a pytree with a leading item axis. The
-    next block is dispatched before the current one is fetched, and the results come back on
-    the host without the padding.
+    next block is dispatched before the current one is fetched; each fetched block goes
+    through `on_host` (on the host, while the devices run the next one), and the results come
+    back without the padding.
     """
     n_items = jax.tree.leaves(items)[0].shape[0]
     n_blocks = -(-n_items // (chunk * block_devices(n_items, chunk)))
@@ -446,10 +472,10 @@ def run_in_blocks(
     parts, pending = [], fn(*next(blocks))  # dispatched asynchronously
     for args in blocks:
         following = fn(*args)
-        parts.append(jax.device_get(pending))
+        parts.append(on_host(jax.device_get(pending)))
         bar.update()
         pending = following
-    parts.append(jax.device_get(pending))
+    parts.append(on_host(jax.device_get(pending)))
     bar.update()
     bar.close()
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n_items], *parts)
@@ -487,7 +513,13 @@ def run_seeds(
             while_compiling()
 
     run = block_runner(static_key(cfg), n_devices, first, meanwhile)
-    merged = run_in_blocks(run, (keys[0], hp_I), cfg.seed_chunk, progress=cfg.progress)
+    merged = run_in_blocks(
+        run,
+        (keys[0], hp_I),
+        cfg.seed_chunk,
+        progress=cfg.progress,
+        on_host=functools.partial(score, TASKS[cfg.task]),
+    )
     shaped = jax.tree.map(lambda a: a.reshape(len(points), cfg.seeds, *a.shape[1:]), merged)
     return {name: shaped[name] for name in model_names(TASKS[cfg.task])}
 
