@@ -253,9 +253,8 @@ def score(task: Task, out: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[s
         out[PAIR].update(pair)
     else:
         per_model = {m: metrics.model_metrics(lp, test["y"]) for m, lp in logp.items()}
-    for name, lp in logp.items():
-        count, conf, correct = metrics.reliability_bins(lp, test["y"])
-        out[name].update(per_model[name], rel_count=count, rel_conf=conf, rel_correct=correct)
+    for name in logp:
+        out[name].update(per_model[name])
     return jax.tree.map(lambda v: v.astype(np.float32) if v.dtype == np.float64 else v, out)
 
 

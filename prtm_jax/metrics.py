@@ -38,13 +38,22 @@ def _f64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, np.float64)
 
 
-def _counts(idx: np.ndarray, n: int) -> np.ndarray:
-    """Counts (..., n) of each value 0..n-1 along the last axis of idx (..., N), as float64."""
+def _counts(idx: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Per leading index, the count (int64) of each value 0..n-1 along the last axis of idx
+    (..., N), or the sum of `weights` (..., N) over the rows of each value (float64, in row
+    order): (..., n)."""
     idx = np.asarray(idx, np.int64)
     lead = idx.shape[:-1]
     offsets = n * np.arange(int(np.prod(lead))).reshape(*lead, 1)
-    flat = np.bincount((idx + offsets).ravel(), minlength=n * offsets.size)
-    return flat.reshape(*lead, n).astype(np.float64)
+    w = None if weights is None else np.broadcast_to(weights, idx.shape).ravel()
+    flat = np.bincount((idx + offsets).ravel(), weights=w, minlength=n * offsets.size)
+    return flat.reshape(*lead, n)
+
+
+def _top(logp_NC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax, max) over the classes: each row's prediction and its log-prob."""
+    pred_N = np.argmax(logp_NC, -1)
+    return pred_N, np.take_along_axis(logp_NC, pred_N[..., None], -1)[..., 0]
 
 
 def accuracy(logp_NC: np.ndarray, y_N: np.ndarray) -> np.ndarray:
@@ -76,20 +85,27 @@ def reliability_bins(
     `n_bins` equal-width bins, bin b = (b/n_bins, (b+1)/n_bins] (a confidence of exactly 1
     falls in the last bin). Sums, not means, so bins add up across seeds.
     """
-    conf_N = np.exp(_f64(np.max(logp_NC, -1)))
-    correct_N = _f64(np.argmax(logp_NC, -1) == y_N)
+    return _bins(*_top(logp_NC), y_N, n_bins)
+
+
+def _bins(pred_N: np.ndarray, top_N: np.ndarray, y_N: np.ndarray, n_bins: int):
+    conf_N = np.exp(_f64(top_N))
     # A diverged seed's NaN rows go to bin 0 (its bins are left out of every table).
     bin_N = np.clip(np.ceil(np.nan_to_num(conf_N * n_bins)).astype(np.int64) - 1, 0, n_bins - 1)
-    in_bin_NB = _f64(bin_N[..., None] == np.arange(n_bins))
-    total = lambda v_N: np.einsum("...n,...nb->...b", v_N, in_bin_NB)  # noqa: E731
-    return in_bin_NB.sum(-2), total(conf_N), total(correct_N)
+    correct_N = _f64(pred_N == y_N)
+    count = _counts(bin_N, n_bins).astype(np.float64)
+    return count, _counts(bin_N, n_bins, conf_N), _counts(bin_N, n_bins, correct_N)
 
 
 def ece(logp_NC: np.ndarray, y_N: np.ndarray, n_bins: int = 15) -> np.ndarray:
     """Expected calibration error of the top class: sum_b (n_b / N) |acc_b - conf_b|, over the
     bins of `reliability_bins`. Empty bins contribute 0."""
-    _, conf_B, correct_B = reliability_bins(logp_NC, y_N, n_bins)
-    return np.abs(correct_B - conf_B).sum(-1) / np.shape(y_N)[-1]
+    return _ece(reliability_bins(logp_NC, y_N, n_bins), np.shape(y_N)[-1])
+
+
+def _ece(bins: tuple[np.ndarray, np.ndarray, np.ndarray], n_rows: int) -> np.ndarray:
+    _, conf_B, correct_B = bins
+    return np.abs(correct_B - conf_B).sum(-1) / n_rows
 
 
 def _tables(
@@ -98,7 +114,7 @@ def _tables(
     """Per-stratum counts (..., 4, S): both right, a only, b only, neither."""
     a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     cell = 2 * (~a) + (~b)  # 0: both right, 1: a only, 2: b only, 3: neither
-    counts = _counts(np.asarray(strata) * 4 + cell, 4 * n_strata)
+    counts = _counts(np.asarray(strata) * 4 + cell, 4 * n_strata).astype(np.float64)
     return np.swapaxes(counts.reshape(*counts.shape[:-1], n_strata, 4), -1, -2)
 
 
@@ -192,14 +208,18 @@ def conditional_mutual_information(
     """
     c = n_classes
     pred_a, pred_b, y_N = np.broadcast_arrays(pred_a, pred_b, y_N)
-    counts = _counts((np.asarray(y_N) * c + pred_a) * c + pred_b, c**3)
-    p_YAB = counts.reshape(*counts.shape[:-1], c, c, c) / pred_a.shape[-1]
-    p_Y11 = p_YAB.sum((-2, -1), keepdims=True)
-    p_YA1 = p_YAB.sum(-1, keepdims=True)
-    p_Y1B = p_YAB.sum(-2, keepdims=True)
-    pos = p_YAB > 0
-    ratio = np.where(pos, p_YAB * p_Y11, 1.0) / np.where(pos, p_YA1 * p_Y1B, 1.0)
-    return np.where(pos, p_YAB * np.log(ratio), 0.0).sum((-3, -2, -1))
+    n = pred_a.shape[-1]
+    n_YAB = _counts((np.asarray(y_N) * c + pred_a) * c + pred_b, c**3)
+    n_YAB = n_YAB.reshape(*n_YAB.shape[:-1], c, c, c)
+    # sum p log(p(y,a,b) p(y) / (p(y,a) p(y,b))) = (1/N) sum n log(n(y,a,b) n(y) / ...): four
+    # sums of n log n over the joint's and the marginals' cells (counts, so exact tables).
+    xlogx = np.zeros(n + 1)
+    xlogx[1:] = np.arange(1, n + 1) * np.log(np.arange(1, n + 1))
+    total = lambda cells, axes: xlogx[cells].sum(axes)  # noqa: E731
+    joint = total(n_YAB, (-3, -2, -1))
+    y_only = total(n_YAB.sum((-2, -1)), -1)
+    y_a, y_b = total(n_YAB.sum(-1), (-2, -1)), total(n_YAB.sum(-2), (-2, -1))
+    return (joint + y_only - y_a - y_b) / n
 
 
 def cmi_null(
@@ -227,9 +247,13 @@ def follows_confident(
     Ties in the max prob go to model a. With only_disagreements, only rows where the two models'
     argmaxes differ count (NaN if there are none): on agreeing rows every rule here follows both.
     """
-    pred_a, pred_b = np.argmax(logp_a, -1), np.argmax(logp_b, -1)
-    confident_N = np.where(np.max(logp_a, -1) >= np.max(logp_b, -1), pred_a, pred_b)
-    follows_N = np.argmax(logp_fused, -1) == confident_N
+    pred_f = np.argmax(logp_fused, -1)
+    return _follows(_top(logp_a), _top(logp_b), pred_f, only_disagreements)
+
+
+def _follows(top_a, top_b, pred_f: np.ndarray, only_disagreements: bool) -> np.ndarray:
+    (pred_a, max_a), (pred_b, max_b) = top_a, top_b
+    follows_N = pred_f == np.where(max_a >= max_b, pred_a, pred_b)
     if not only_disagreements:
         return follows_N.mean(-1)
     mask_N = pred_a != pred_b
@@ -237,12 +261,22 @@ def follows_confident(
 
 
 def model_metrics(logp_NC: np.ndarray, y_N: np.ndarray, n_bins: int = 15) -> dict[str, np.ndarray]:
-    """Accuracy, NLL, Brier and ECE of one model's log-probs (..., N, C)."""
+    """Accuracy, NLL, Brier and ECE of one model's log-probs (..., N, C), and ECE's reliability
+    bins (rel_count, rel_conf, rel_correct: (..., n_bins), see `reliability_bins`)."""
+    return _model(logp_NC, _top(logp_NC), y_N, n_bins)
+
+
+def _model(logp_NC: np.ndarray, top, y_N: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:
+    bins = _bins(*top, y_N, n_bins)
+    count, conf, correct = bins
     return {
-        "accuracy": accuracy(logp_NC, y_N),
+        "accuracy": (top[0] == y_N).mean(-1),
         "nll": nll(logp_NC, y_N),
         "brier": brier(logp_NC, y_N),
-        "ece": ece(logp_NC, y_N, n_bins),
+        "ece": _ece(bins, np.shape(y_N)[-1]),
+        "rel_count": count,
+        "rel_conf": conf,
+        "rel_correct": correct,
     }
 
 
@@ -257,7 +291,10 @@ def pair_metrics(
     With pred_b's within-class shuffles (`null_shuffles`), also cmi_null.
     """
     c = np.shape(logp_a)[-1]
-    pred_a, pred_b = np.argmax(logp_a, -1), np.argmax(logp_b, -1)
+    return _pair(np.argmax(logp_a, -1), np.argmax(logp_b, -1), y_N, c, shuffled_b_SN)
+
+
+def _pair(pred_a, pred_b, y_N, c: int, shuffled_b_SN) -> dict[str, np.ndarray]:
     ok_a, ok_b = pred_a == y_N, pred_b == y_N
     null = {}
     if shuffled_b_SN is not None:
@@ -283,7 +320,8 @@ def all_metrics(
     n_bins: int = 15,
     shuffled_b_SN: np.ndarray | None = None,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """({model: model_metrics}, pair_metrics of `pair`) for {model: logp (..., N, C)}.
+    """({model: model_metrics}, pair_metrics of `pair`) for {model: logp (..., N, C)}, with
+    each model's argmax taken once.
 
     Each model in `fused` (default: every model not in `pair`) also gets follows_confident and
     follows_confident_disagree, measured against the two models of `pair`. `shuffled_b_SN`
@@ -291,13 +329,13 @@ def all_metrics(
     """
     a, b = pair
     fused = [m for m in logp if m not in pair] if fused is None else fused
-    per_model = {m: model_metrics(lp, y_N, n_bins) for m, lp in logp.items()}
+    top = {m: _top(lp) for m, lp in logp.items()}  # each model's argmax, once
+    per_model = {m: _model(lp, top[m], y_N, n_bins) for m, lp in logp.items()}
     for m in fused:
-        per_model[m]["follows_confident"] = follows_confident(logp[a], logp[b], logp[m])
-        per_model[m]["follows_confident_disagree"] = follows_confident(
-            logp[a], logp[b], logp[m], only_disagreements=True
-        )
-    return per_model, pair_metrics(logp[a], logp[b], y_N, shuffled_b_SN)
+        for name, only in (("follows_confident", False), ("follows_confident_disagree", True)):
+            per_model[m][name] = _follows(top[a], top[b], top[m][0], only)
+    c = np.shape(logp[a])[-1]
+    return per_model, _pair(top[a][0], top[b][0], y_N, c, shuffled_b_SN)
 
 
 # In the compiled program: the shuffles need the seed's PRNG key.

@@ -237,11 +237,16 @@ def test_all_metrics_over_a_block_of_seeds_is_a_loop_over_them(rng):
     null_b = np.asarray(shuffle(jax.random.split(jax.random.key(0), s), pred_b, y))
     per_model, pair = metrics.all_metrics(logp, y, shuffled_b_SN=null_b)
     assert set(per_model) == {"weight", "bias", "fused"}
-    assert set(per_model["fused"]) == {
-        *("accuracy", "nll", "brier", "ece", "follows_confident", "follows_confident_disagree")
+    scalars = {"accuracy", "nll", "brier", "ece"}
+    bins = {"rel_count", "rel_conf", "rel_correct"}
+    assert set(per_model["fused"]) == scalars | bins | {
+        *("follows_confident", "follows_confident_disagree")
     }
-    assert "follows_confident" not in per_model["weight"]
-    bins = metrics.reliability_bins(logp["fused"], y)
+    assert set(per_model["weight"]) == scalars | bins
+    rel = metrics.reliability_bins(logp["fused"], y)
+    for name, got in zip(("rel_count", "rel_conf", "rel_correct"), rel, strict=True):
+        np.testing.assert_array_equal(per_model["fused"][name], got, err_msg=name)
+        assert got.shape == (s, 15)
     for i in range(s):
         one = {m: lp[i] for m, lp in logp.items()}
         pm_i, pair_i = metrics.all_metrics(one, y[i], shuffled_b_SN=null_b[i])
@@ -250,7 +255,7 @@ def test_all_metrics_over_a_block_of_seeds_is_a_loop_over_them(rng):
                 np.testing.assert_allclose(per_model[m][k][i], v, rtol=1e-12, err_msg=k)
         for k, v in pair_i.items():
             np.testing.assert_allclose(pair[k][i], v, rtol=1e-12, err_msg=k)
-        for got, one in zip(bins, metrics.reliability_bins(logp["fused"][i], y[i]), strict=True):
+        for got, one in zip(rel, metrics.reliability_bins(logp["fused"][i], y[i]), strict=True):
             np.testing.assert_allclose(got[i], one, rtol=1e-12)
     # The pair's numbers are the functions of their names, on the models' predictions.
     pa, pb = logp["weight"].argmax(-1), pred_b
