@@ -138,6 +138,11 @@ def hparams(cfg: Config) -> HParams:
     return HParams(source_params(cfg), jnp.float32(cfg.optim.lr))
 
 
+def pair_of(task: Task) -> tuple[str, str]:
+    """The two models the PAIR row describes: the inputs of the task's first fusion."""
+    return task.fusions[0].a, task.fusions[0].b
+
+
 def model_names(task: Task) -> list[str]:
     """Rows of seeds.csv, in order: models, fused models, then the pair row if any."""
     pair = [PAIR] if task.fusions else []
@@ -225,7 +230,7 @@ def make_run(
             out[name]["logp"] = lp
         out[TEST] = {"y": data.y_test}
         if task.fusions:
-            a, b = task.fusions[0].a, task.fusions[0].b
+            a, b = pair_of(task)
             out[PAIR] = {"finite": out[a]["finite"] & out[b]["finite"]}
             pred_b = logp[b].argmax(-1)
             k_null = _model_key(seed_key, "metrics")
@@ -246,7 +251,7 @@ def score(task: Task, out: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[s
         per_model, pair = metrics.all_metrics(
             logp,
             test["y"],
-            pair=(task.fusions[0].a, task.fusions[0].b),
+            pair=pair_of(task),
             fused=[f.name for f in task.fusions],
             shuffled_b_SN=test["null_b"],
         )

@@ -7,9 +7,10 @@ predictions (..., N) int, correctness (..., N) bool; and returns one value per l
 
 Why not in the compiled program: they are a few reductions over a few hundred rows, which
 NumPy runs in microseconds, but XLA compiled them into ~110 small kernels at ~9 ms of CPU
-each: half of the program's compile time (docs/performance.md, optimisation 44). The one part
+each: half of the program's compile time (docs/performance.md, optimisation 47). The one part
 that needs the seed's PRNG key, `cmi_null`'s within-class shuffles, is drawn in the program
-(`null_shuffles`, the one JAX function here) and returned with the log-probs.
+and returned with the log-probs: `null_shuffles` and `shuffle_within_class`, the JAX
+functions at the end of this module.
 
 Undefined values are NaN on purpose, and only where a formula is 0/0: Yule's Q when
 n11 n00 = n10 n01 = 0 in every table (e.g. a model right on every row), the correlation
@@ -63,7 +64,8 @@ def accuracy(logp_NC: np.ndarray, y_N: np.ndarray) -> np.ndarray:
 
 def nll(logp_NC: np.ndarray, y_N: np.ndarray) -> np.ndarray:
     """Mean negative log-likelihood of the labels, in nats."""
-    return -np.take_along_axis(_f64(logp_NC), np.asarray(y_N)[..., None], -1)[..., 0].mean(-1)
+    y_N1 = np.broadcast_to(np.asarray(y_N)[..., None], (*np.shape(logp_NC)[:-1], 1))
+    return -np.take_along_axis(_f64(logp_NC), y_N1, -1)[..., 0].mean(-1)
 
 
 def brier(logp_NC: np.ndarray, y_N: np.ndarray) -> np.ndarray:
@@ -209,17 +211,27 @@ def conditional_mutual_information(
     c = n_classes
     pred_a, pred_b, y_N = np.broadcast_arrays(pred_a, pred_b, y_N)
     n = pred_a.shape[-1]
-    n_YAB = _counts((np.asarray(y_N) * c + pred_a) * c + pred_b, c**3)
-    n_YAB = n_YAB.reshape(*n_YAB.shape[:-1], c, c, c)
+    y, a, b = np.asarray(y_N, np.int64), np.asarray(pred_a, np.int64), np.asarray(pred_b, np.int64)
     # sum p log(p(y,a,b) p(y) / (p(y,a) p(y,b))) = (1/N) sum n log(n(y,a,b) n(y) / ...): four
-    # sums of n log n over the joint's and the marginals' cells (counts, so exact tables).
+    # sums of n log n over the cells of the joint's and the marginals' count tables. Clipped
+    # at 0, which it is when the predictions are independent given y, up to rounding.
     xlogx = np.zeros(n + 1)
     xlogx[1:] = np.arange(1, n + 1) * np.log(np.arange(1, n + 1))
-    total = lambda cells, axes: xlogx[cells].sum(axes)  # noqa: E731
-    joint = total(n_YAB, (-3, -2, -1))
-    y_only = total(n_YAB.sum((-2, -1)), -1)
-    y_a, y_b = total(n_YAB.sum(-1), (-2, -1)), total(n_YAB.sum(-2), (-2, -1))
-    return (joint + y_only - y_a - y_b) / n
+    joint = _sum_xlogx((y * c + a) * c + b, c**3, xlogx)
+    y_a, y_b = _sum_xlogx(y * c + a, c**2, xlogx), _sum_xlogx(y * c + b, c**2, xlogx)
+    return np.maximum((joint + _sum_xlogx(y, c, xlogx) - y_a - y_b) / n, 0.0)
+
+
+def _sum_xlogx(idx: np.ndarray, n_cells: int, xlogx: np.ndarray) -> np.ndarray:
+    """sum over cells of k log k, k the count of each value 0..n_cells-1 along the last axis
+    of idx (..., N): a dense count where the cells are few, else only the occupied cells (a
+    sort), so that many classes (c^3 joint cells) cost no memory."""
+    if n_cells <= 4 * idx.shape[-1]:
+        return xlogx[_counts(idx, n_cells)].sum(-1)
+    lead = idx.shape[:-1]
+    item = np.arange(int(np.prod(lead))).reshape(*lead, 1)
+    cells, k = np.unique((idx + n_cells * item).ravel(), return_counts=True)
+    return np.bincount(cells // n_cells, xlogx[k], minlength=item.size).reshape(lead)
 
 
 def cmi_null(
