@@ -308,14 +308,17 @@ def pair_metrics(
 
 def _pair(pred_a, pred_b, y_N, c: int, shuffled_b_SN) -> dict[str, np.ndarray]:
     ok_a, ok_b = pred_a == y_N, pred_b == y_N
+    # One count of the class tables; the pooled table is their sum (exact: counts).
+    within = np.moveaxis(_tables(ok_a, ok_b, y_N, c), -2, 0)
+    pooled = within.sum(-1, keepdims=True)
     null = {}
     if shuffled_b_SN is not None:
         null = {"cmi_null": cmi_null(pred_a, shuffled_b_SN, y_N, c)}
     return null | {
-        "yules_q": yules_q(ok_a, ok_b),
-        "yules_q_within": yules_q_within(ok_a, ok_b, y_N, c),
-        "correlation": correlation(ok_a, ok_b),
-        "correlation_within": correlation_within(ok_a, ok_b, y_N, c),
+        "yules_q": _yules_q(*pooled),
+        "yules_q_within": _yules_q(*within),
+        "correlation": _correlation(*pooled),
+        "correlation_within": _correlation(*within),
         "disagreement": disagreement(ok_a, ok_b),
         "double_fault": double_fault(ok_a, ok_b),
         "mi": conditional_mutual_information(pred_a, pred_b, np.zeros_like(y_N), c),

@@ -267,6 +267,7 @@ def test_all_metrics_over_a_block_of_seeds_is_a_loop_over_them(rng):
     expected = {
         "yules_q": metrics.yules_q(ok_a, ok_b),
         "yules_q_within": metrics.yules_q_within(ok_a, ok_b, y, c),
+        "correlation": metrics.correlation(ok_a, ok_b),
         "correlation_within": metrics.correlation_within(ok_a, ok_b, y, c),
         "mi": metrics.conditional_mutual_information(pa, pb, 0 * y, c),
         "cmi": metrics.conditional_mutual_information(pa, pb, y, c),
