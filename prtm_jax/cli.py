@@ -251,7 +251,7 @@ def main() -> None:
         print(f"prtm: error: {exc}", file=sys.stderr)
         sys.exit(2)
     if {"-m", "--multirun"} & set(args):
-        from tqdm.auto import tqdm
+        from prtm_jax.experiment import tqdm
 
         _JOBS["bar"] = tqdm(total=n_jobs, desc="jobs", unit="job", position=1)
     _app()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm.std import TqdmExperimentalWarning
 
 from prtm_jax import images, metrics, mlp, native
 from prtm_jax.config import Config, ConfigError, grid_axes, n_classes, validate
@@ -30,6 +31,12 @@ from prtm_jax.train import TrainSpec, lanes_unsupported, make_train, resolve_imp
 
 if TYPE_CHECKING:
     import pandas as pd
+
+with warnings.catch_warnings():
+    # tqdm.auto's bar (a widget in Jupyter, text elsewhere) without its asyncio mix-in, whose
+    # import (asyncio's) is 40 ms of the `prtm` command's start.
+    warnings.simplefilter("ignore", TqdmExperimentalWarning)
+    from tqdm.autonotebook import tqdm
 
 DATA_PURPOSE = 0
 

@@ -18,6 +18,21 @@ def test_describe_and_bootstrap_ci_keep_their_contract():
     assert stats.bootstrap_ci(np.array([3.0, 3.0])) == (3.0, 3.0)
 
 
+@pytest.mark.parametrize("n", [2, 7, 256, 1_001])
+def test_bootstrap_ci_in_batches_is_scipys_interval_drawn_all_at_once(rng, n):
+    x = rng.normal(size=n)
+    for statistic, seed in [(np.mean, 0), (np.median, 3)]:
+        ref = sps.bootstrap(
+            (x,),
+            statistic,
+            n_resamples=10_000,
+            method="percentile",
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
+        assert stats.bootstrap_ci(x, statistic, seed=seed) == (ref.low, ref.high)
+
+
 def test_iqm_is_the_mean_of_the_middle_half(rng):
     assert stats.iqm(np.arange(8.0)) == pytest.approx(3.5)  # mean of 2, 3, 4, 5
     x = rng.normal(size=(37, 3))
