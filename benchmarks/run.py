@@ -523,6 +523,10 @@ def run_all(args: argparse.Namespace) -> dict:
 def target(rows: list[dict], e2e_seeds: int, numpy_ms: tuple[float, float]) -> dict | None:
     """The shipped `prtm experiment=prtm2 seeds=e2e_seeds`, compile included, against the NumPy
     loop at the start and at the end of the run, and the issue's target (TARGET_X)."""
+    import numpy as np  # here, not above: workers (the timed command's too) import this module
+
+    from prtm_jax.stats import bootstrap_ci
+
     e2e = [r for r in rows if r["name"] == _e2e_name("lanes", e2e_seeds)]
     if not e2e:
         return None
@@ -534,9 +538,12 @@ def target(rows: list[dict], e2e_seeds: int, numpy_ms: tuple[float, float]) -> d
         "seeds": e2e_seeds,
         "command_ms_per_model": ms,
         "command_runs_ms_per_model": runs,
-        # Each run against the NumPy loop timed just before it, and the median of those ratios.
+        # Each run against the NumPy loop timed just before it, the median of those ratios,
+        # and the mean's 95% bootstrap CI (a range of the runs' scatter only from 3 runs on).
         "x_numpy_paired": paired,
         "x_numpy_paired_median": median(paired) if paired else None,
+        "x_numpy_paired_mean": sum(paired) / len(paired) if paired else None,
+        "x_numpy_paired_ci95": list(bootstrap_ci(np.asarray(paired))) if paired else None,
         "x_numpy": numpy_ms[0] / ms,
         "x_numpy_end": numpy_ms[1] / ms,
         "target_x_numpy": TARGET_X,
@@ -607,7 +614,9 @@ def print_table(result: dict) -> None:
             print(
                 f"each run against the NumPy loop timed just before it:"
                 f" {', '.join(f'{x:.1f}x' for x in t['x_numpy_paired'])}"
-                f" (median {t['x_numpy_paired_median']:.1f}x)"
+                f" (median {t['x_numpy_paired_median']:.1f}x; mean"
+                f" {t['x_numpy_paired_mean']:.2f}x, 95% CI {t['x_numpy_paired_ci95'][0]:.2f}-"
+                f"{t['x_numpy_paired_ci95'][1]:.2f}x over {len(t['x_numpy_paired'])} runs)"
             )
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from benchmarks.floor import make_floor_train, target
 from benchmarks.run import FIXED_COST
@@ -145,6 +146,15 @@ def test_target_compares_the_shipped_command_with_both_ends_of_the_yardstick():
     assert t["command_runs_ms_per_model"] == pytest.approx([40.0, 50.0, 38.0])
     assert t["x_numpy_paired"] == pytest.approx([15.0, 10.0, 20.0])
     assert t["x_numpy_paired_median"] == pytest.approx(15.0)
+    assert t["x_numpy_paired_mean"] == pytest.approx(15.0)
+    ref = sps.bootstrap(
+        (np.asarray(t["x_numpy_paired"]),),
+        np.mean,
+        n_resamples=10_000,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    assert t["x_numpy_paired_ci95"] == pytest.approx([ref.low, ref.high], rel=1e-12)
     assert t["x_numpy"] == 15.0 and t["x_numpy_end"] == 450.0 / 40.0
     assert t["target_ms_per_model"] == 40.0 and t["target_ms_per_model_end"] == 30.0
     assert run_target(rows, 64, numpy_ms=(600.0, 450.0)) is None  # no end-to-end row at 64
