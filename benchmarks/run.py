@@ -291,8 +291,33 @@ def _worker_main(spec: str) -> None:
 # --- the driver ---------------------------------------------------------------------------------
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """(busy, steal): seconds of CPU time the machine's CPUs spent running anything, and lost
+    to the hypervisor, since boot (/proc/stat; None where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+                int, f.readline().split()[1:9]
+            )
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _spawn(python: str, a: dict, env: dict[str, str]) -> dict:
-    """Run one worker in a fresh process; its wall time includes interpreter start and imports."""
+    """Run one worker in a fresh process; its wall time includes interpreter start and imports.
+
+    Also what else ran meanwhile: `others_cores`, the CPU time every other process on the
+    machine used during the run, per second of it (0 on an idle machine; the worker's own
+    share of the cores is `cpu_s` / wall), and `steal_s`, the time the hypervisor gave this
+    machine's CPUs to others. A run with others_cores near 0 was timed on a quiet machine."""
+    stat0, own0 = cpu_seconds(), _children_cpu()
     t = time.perf_counter()
     proc = subprocess.run(
         [python, "-m", "benchmarks.run", "--worker", json.dumps(a)],
@@ -302,18 +327,26 @@ def _spawn(python: str, a: dict, env: dict[str, str]) -> dict:
         text=True,
     )
     wall = time.perf_counter() - t
+    stat1, own = cpu_seconds(), _children_cpu() - own0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"worker {a['kind']} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {**json.loads(lines[-1][len("RESULT ") :]), "process_wall_s": wall}
+    load = {"cpu_s": own, "others_cores": None, "steal_s": None}
+    if stat0 and stat1:
+        # The clock ticks of /proc/stat (10 ms) can put others a little below 0 when idle.
+        others = stat1[0] - stat0[0] - own
+        load.update(others_cores=others / wall, steal_s=stat1[1] - stat0[1])
+    return {**json.loads(lines[-1][len("RESULT ") :]), "process_wall_s": wall, **load}
 
 
 def _median_run(results: list[dict]) -> dict:
     """The run of median process wall time (the lower middle one of an even count), with
-    every run's wall time as `runs_s` and the run time as `run_s`."""
+    every run's wall time as `runs_s`, its `others_cores` as `runs_others_cores`, and the run
+    time as `run_s`."""
     walls = [r["process_wall_s"] for r in results]
     res = sorted(results, key=lambda r: r["process_wall_s"])[(len(results) - 1) // 2]
-    return {**res, "run_s": res["process_wall_s"], "runs_s": walls}
+    others = [r.get("others_cores") for r in results]
+    return {**res, "run_s": res["process_wall_s"], "runs_s": walls, "runs_others_cores": others}
 
 
 def _has_torch(python: str) -> bool:
@@ -549,6 +582,8 @@ def target(rows: list[dict], e2e_seeds: int, numpy_ms: tuple[float, float]) -> d
         "x_numpy_paired_median": median(paired) if paired else None,
         "x_numpy_paired_mean": sum(paired) / len(paired) if paired else None,
         "x_numpy_paired_ci95": list(bootstrap_ci(np.asarray(paired))) if paired else None,
+        # What every other process on the machine used during each run, in cores (_spawn).
+        "command_runs_others_cores": r.get("raw", {}).get("runs_others_cores"),
         "x_numpy": numpy_ms[0] / ms,
         "x_numpy_end": numpy_ms[1] / ms,
         "target_x_numpy": TARGET_X,
@@ -576,6 +611,10 @@ FIXED_COST = "prtm2 end to end lanes, 1 epoch"
 TARGET_X = 15.0  # issue 6: 15x the NumPy loop, end to end at 256 seeds
 
 
+def _cores(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
 def print_table(result: dict) -> None:
     w = result["workload"]
     print(
@@ -584,9 +623,12 @@ def print_table(result: dict) -> None:
     )
     head = (
         f"{'method':<40}{'ms/model':>10}{'models/s':>10}{'GFLOP/s':>9}{'x NumPy':>9}"
-        f"{'compile s':>10}{'run s':>9}{'peak MiB':>10}"
+        f"{'compile s':>10}{'run s':>9}{'peak MiB':>10}{'others':>8}"
     )
-    print(f"prtm_jax rows on {result['args']['device']}; variants: see --help")
+    print(
+        f"prtm_jax rows on {result['args']['device']}; variants: see --help; others: the cores"
+        " every other process used during the row's run"
+    )
     print(head + "\n" + "-" * len(head))
     for r in result["rows"]:
         comp = f"{r['compile_s']:.2f}" if r["compile_s"] is not None else "-"
@@ -594,7 +636,7 @@ def print_table(result: dict) -> None:
         print(
             f"{r['name']:<40}{r['ms_per_model']:>10.2f}{r['models_per_s']:>10.1f}"
             f"{r['gflops']:>9.1f}{ratio:>9}{comp:>10}{r['run_s']:>9.2f}"
-            f"{r['peak_rss_mib']:>10.0f}"
+            f"{r['peak_rss_mib']:>10.0f}{_cores(r['raw'].get('others_cores')):>8}"
         )
     y = result["yardstick_ms"]
     print(
@@ -622,6 +664,12 @@ def print_table(result: dict) -> None:
                 f" (median {t['x_numpy_paired_median']:.1f}x; mean"
                 f" {t['x_numpy_paired_mean']:.2f}x, 95% CI {t['x_numpy_paired_ci95'][0]:.2f}-"
                 f"{t['x_numpy_paired_ci95'][1]:.2f}x over {len(t['x_numpy_paired'])} runs)"
+            )
+        others = [x for x in t.get("command_runs_others_cores") or [] if x is not None]
+        if others:
+            print(
+                f"other processes used {min(others):.2f}-{max(others):.2f} of the machine's"
+                f" cores during those runs (median {median(others):.2f})"
             )
 
 

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -65,8 +66,11 @@ def test_quick_benchmark_writes_table_json_and_plot(tmp_path):
     assert t["x_numpy_end"] == pytest.approx(result["yardstick_ms"]["end"] / e2e["ms_per_model"])
     assert "`prtm experiment=prtm2 seeds=4` as shipped" in proc.stdout
     assert result["lanes_build_s"] > 0 and "lanes kernel's C build took" in proc.stdout
+    # What else ran meanwhile: the worker's own CPU apart, others' share in cores.
+    assert len(t["command_runs_others_cores"]) == 2 and "other processes used" in proc.stdout
     for r in result["rows"]:
         assert r["ms_per_model"] > 0 and r["peak_rss_mib"] > 0
+        assert r["raw"]["cpu_s"] > 0 and r["raw"]["others_cores"] > -0.1
         partial = r["name"] == FIXED_COST or r["name"].startswith("memory")
         assert (r["x_numpy"] is None) if partial else (r["x_numpy"] > 0), r["name"]
     assert all(r["compile_s"] > 0 for r in jax_rows)
@@ -134,7 +138,11 @@ def test_floor_runs_the_same_matrix_products_as_the_trainer():
 
 def test_target_compares_the_shipped_command_with_both_ends_of_the_yardstick():
     def row(name, ms, runs_s, paired):
-        raw = {"runs_s": runs_s, "numpy_paired_ms": paired}
+        raw = {
+            "runs_s": runs_s,
+            "numpy_paired_ms": paired,
+            "runs_others_cores": [0.5] * len(paired),
+        }
         return {"name": name, "ms_per_model": ms, "models": 512, "raw": raw}
 
     rows = [
@@ -155,6 +163,7 @@ def test_target_compares_the_shipped_command_with_both_ends_of_the_yardstick():
         rng=np.random.default_rng(0),
     ).confidence_interval
     assert t["x_numpy_paired_ci95"] == pytest.approx([ref.low, ref.high], rel=1e-12)
+    assert t["command_runs_others_cores"] == [0.5, 0.5, 0.5]
     assert t["x_numpy"] == 15.0 and t["x_numpy_end"] == 450.0 / 40.0
     assert t["target_ms_per_model"] == 40.0 and t["target_ms_per_model_end"] == 30.0
     assert run_target(rows, 64, numpy_ms=(600.0, 450.0)) is None  # no end-to-end row at 64
@@ -174,10 +183,14 @@ def test_the_lanes_variant_is_cpu_only_and_not_a_default_elsewhere():
 def test_median_run_is_the_middle_run_and_keeps_every_wall_time():
     from benchmarks.run import _median_run
 
-    runs = [{"process_wall_s": w, "id": i} for i, w in enumerate([3.0, 1.0, 2.0, 9.0])]
+    walls, others = [3.0, 1.0, 2.0, 9.0], [0.0, 0.5, None, 1.25]
+    runs = [
+        {"process_wall_s": w, "others_cores": o, "id": i}
+        for i, (w, o) in enumerate(zip(walls, others, strict=True))
+    ]
     got = _median_run(runs)
     assert got["id"] == 2 and got["run_s"] == 2.0  # lower middle of an even count
-    assert got["runs_s"] == [3.0, 1.0, 2.0, 9.0]
+    assert got["runs_s"] == walls and got["runs_others_cores"] == others  # in run order
     assert _median_run([runs[0], runs[1], runs[3]])["id"] == 0  # 3.0 of 1.0, 3.0, 9.0
 
 
@@ -220,3 +233,29 @@ def test_kernel_benchmark_refuses_a_nonpositive_count():
     )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].endswith("error: --rounds must be >= 1, got 0")
+
+
+proc_stat = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="Linux /proc only")
+
+
+@proc_stat
+def test_cpu_seconds_busy_idle_and_steal_add_up_to_the_uptime_of_every_cpu():
+    # /proc/uptime's second field, the idle time summed over CPUs, is the kernel's own count of
+    # what cpu_seconds leaves out; busy + idle + steal is the time every CPU has been up.
+    from benchmarks.run import cpu_seconds
+
+    busy, steal = cpu_seconds()
+    uptime, idle = map(float, Path("/proc/uptime").read_text().split())
+    n_cpus = len(re.findall(r"^cpu\d+ ", Path("/proc/stat").read_text(), re.M))
+    assert (busy + idle + steal) / (uptime * n_cpus) == pytest.approx(1.0, abs=0.02)
+
+
+@proc_stat
+def test_cpu_seconds_busy_counts_this_process_spinning():
+    from benchmarks.run import cpu_seconds
+
+    busy0, p0 = cpu_seconds()[0], time.process_time()
+    while time.process_time() - p0 < 0.3:
+        pass
+    spun = time.process_time() - p0
+    assert cpu_seconds()[0] - busy0 >= spun - 0.05  # ticks of 10 ms, on each CPU
