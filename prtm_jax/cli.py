@@ -126,6 +126,9 @@ def format_table(summary: dict[str, Any]) -> str:
         ci = f"[{s['ci95'][0]:.4f}, {s['ci95'][1]:.4f}]"
         lines.append(f"{model:<{w}} {s['n']:>5} {s['mean']:>9.4f}  {ci:<17} {s['n_diverged']:>8}")
     for name, p in summary["paired"].items():
+        if not p["n"]:
+            lines.append(f"{name}: no seed where both models are ok")
+            continue
         lines.append(
             f"{name}: {p['mean']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}],"
             f" fused better on {p['frac_better']:.0%} of {p['n']} seeds"

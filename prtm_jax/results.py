@@ -118,9 +118,12 @@ def summarize(df: pd.DataFrame, singles: list[str], fused: list[str]) -> dict[st
     if not singles or not fused:
         return out
     wide = ok.pivot(index="seed", columns="model", values="accuracy")
-    best = max(singles, key=lambda m: out["models"][m]["mean"])
+    # A model whose every seed diverged has no mean: the best is among the others, and a pair
+    # without ok seeds has n = 0 and NaN statistics (the seeds' status says why).
+    finite = [m for m in singles if np.isfinite(out["models"][m]["mean"])] or singles
+    best = max(finite, key=lambda m: out["models"][m]["mean"])
     for f in fused:
-        pair = wide[[f, best]].dropna()
+        pair = wide.reindex(columns=[f, best]).dropna()
         diff = (pair[f] - pair[best]).to_numpy()
         out["paired"][f"{f}-{best}"] = {
             "n": int(diff.size),

@@ -36,6 +36,20 @@ def test_diverged_seeds_are_marked_and_left_out_with_a_count():
     assert p["ci95"][0] <= p["mean"] <= p["ci95"][1]
 
 
+def test_a_model_whose_every_seed_diverged_is_counted_and_the_pair_has_no_seeds():
+    # Weight (the better single by accuracy) diverged on every seed: it has no mean, so the
+    # fused model is compared with Bias, and over no seeds, since fused diverged with Weight.
+    df = results.seeds_table(_metrics(np.zeros(4, bool)), np.arange(4))
+    s = results.summarize(df, ["weight", "bias"], ["fused"])
+    w = s["models"]["weight"]
+    assert (w["n"], w["n_diverged"]) == (0, 4) and np.isnan(w["mean"])
+    assert np.isnan(w["ci95"]).all()
+    assert s["models"]["bias"]["mean"] == pytest.approx(np.mean([0.7, 0.6, 0.75, 0.7]))
+    p = s["paired"]["fused-bias"]
+    assert p["n"] == 0 and np.isnan(p["mean"]) and np.isnan(p["ci95"]).all()
+    assert list(s["paired"]) == ["fused-bias"]
+
+
 def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path):
     target = tmp_path / "x.csv"
     target.write_text("old")
