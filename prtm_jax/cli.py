@@ -178,7 +178,9 @@ def run_job(cfg: Config, out_dir: Path, resolved: dict[str, Any] | None = None) 
         }
     if cfg.dependence_seeds:
         deps = experiment.view_dependence(cfg, cfg.dependence_seeds)
-        results.write_atomic(out_dir / "dependence.csv", lambda p: deps.to_csv(p, index=False))
+        results.write_atomic(
+            out_dir / results.DEPENDENCE_FILE, lambda p: deps.to_csv(p, index=False)
+        )
     summary.update(
         task=cfg.task,
         seeds=cfg.seeds,
@@ -230,6 +232,7 @@ def _app(raw: DictConfig) -> None:
     if results.is_complete(out_dir) and results.read_summary(out_dir).get("config") == resolved:
         print(f"{cfg.task}: complete results in {out_dir}, skipped")
     else:
+        results.clear_run(out_dir)  # a rerun in the same directory starts from no results
         try:
             summary = run_job(cfg, out_dir, resolved)
         except Exception as exc:

@@ -27,7 +27,7 @@ from prtm_jax import aggregate, results, stats
 from prtm_jax.aggregate import point_columns
 
 REPORT_FILE = "report.md"
-RELIABILITY_FILE = "reliability.csv"
+RELIABILITY_FILE = results.RELIABILITY_FILE
 MULTIRUN_FILE = "multirun.yaml"
 
 PAIR = "weight|bias"  # the per-seed row of pair metrics (its accuracy is NaN)
@@ -852,7 +852,7 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    views = d / "dependence.csv"
+    views = d / results.DEPENDENCE_FILE
     views = pd.read_csv(views) if views.is_file() else None
     path = build_report(long, d, f"Report: {kind} `{d}`", reliability, notes, views)
     print(path)

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 SEEDS_FILE = "seeds.csv"
 SUMMARY_FILE = "summary.json"
 RELIABILITY_FILE = "reliability.csv"
+DEPENDENCE_FILE = "dependence.csv"
+# What a run writes, its completion marker first: a rerun removes them in this order first,
+# so an interrupted or failed rerun never leaves the previous run's results looking current.
+RUN_FILES = (SUMMARY_FILE, SEEDS_FILE, RELIABILITY_FILE, DEPENDENCE_FILE)
 
 
 def _umask() -> int:
@@ -149,6 +153,12 @@ def write_run(
     write_atomic(
         out_dir / SUMMARY_FILE, lambda p: p.write_text(json.dumps(summary, indent=2, default=str))
     )
+
+
+def clear_run(out_dir: Path) -> None:
+    """Remove a previous run's result files from out_dir (before a run writes its own)."""
+    for name in RUN_FILES:
+        (Path(out_dir) / name).unlink(missing_ok=True)
 
 
 def is_complete(out_dir: Path) -> bool:

@@ -134,3 +134,26 @@ def test_the_cli_experiment_and_results_leave_statistics_tables_and_optax_for_la
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_rerun_removes_the_previous_results_first_so_a_failure_leaves_none(tmp_path, monkeypatch):
+    # A previous run's files in the job's directory, then a rerun with another config that
+    # fails: none of the old files may remain to be read as this configuration's results.
+    from prtm_jax import results
+
+    out = tmp_path / "job"
+    out.mkdir()
+    for name in results.RUN_FILES:
+        (out / name).write_text("{}" if name.endswith(".json") else "old\n")
+
+    def fail(*args, **kwargs):
+        assert not any((out / name).exists() for name in results.RUN_FILES)
+        raise RuntimeError("the run failed")
+
+    monkeypatch.setattr(cli, "run_job", fail)
+    monkeypatch.setattr(cli, "_configure_jax", lambda cfg: None)
+    monkeypatch.setattr(sys, "argv", ["prtm", "seeds=2", f"hydra.run.dir={out}"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert not any((out / name).exists() for name in results.RUN_FILES)
+    assert (out / cli.ERROR_FILE).read_text() == "RuntimeError: the run failed\n"
