@@ -6,6 +6,7 @@ traced fields (noise levels, learning rate) are array leaves of `HParams` and ca
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from prtm_jax.mlp import ACTIVATIONS, INITS
@@ -112,11 +113,25 @@ def _choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> None
     _require(value in allowed, f"{name}={value!r} is not one of: {', '.join(allowed)}")
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _positive(name: str, value: float, *, integer: bool = False) -> None:
-    kind = "a positive integer" if integer else "a positive number"
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = ok and (isinstance(value, int) or not integer) and value > 0
+    kind = "a positive integer" if integer else "a positive finite number"
+    ok = _number(value) and (isinstance(value, int) or not integer)
+    ok = ok and 0 < value < math.inf
     _require(ok, f"{name} must be {kind}, got {value!r}")
+
+
+def _finite(name: str, value: float) -> None:
+    _require(
+        _number(value) and math.isfinite(value), f"{name} must be a finite number, got {value!r}"
+    )
+
+
+# JAX's default keys keep 32 bits of a seed: 2**32 would give root_seed 0's key again.
+ROOT_SEEDS = 2**32
 
 
 def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
@@ -124,6 +139,10 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
     _choice("task", cfg.task, tasks)
     _positive("seeds", cfg.seeds, integer=True)
     _positive("seed_chunk", cfg.seed_chunk, integer=True)
+    _require(
+        isinstance(cfg.root_seed, int) and 0 <= cfg.root_seed < ROOT_SEEDS,
+        f"root_seed must be an integer in 0..{ROOT_SEEDS - 1}, got {cfg.root_seed!r}",
+    )
     _require(
         isinstance(cfg.cpu_devices, int) and cfg.cpu_devices >= 0,
         f"cpu_devices must be an integer >= 0 (0: one per core), got {cfg.cpu_devices!r}",
@@ -143,6 +162,8 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
         f"data.rho > 0 needs data.n_features >= data.n_classes ({d.n_classes}), got {d.n_features}",
     )
     _choice("data.weight_metric", d.weight_metric, WEIGHT_METRICS)
+    for name in ("view2_mean", "view2_offset", "pixel_noise"):
+        _finite(f"data.{name}", getattr(d, name))
     _require(d.pixel_noise >= 0, f"data.pixel_noise must be >= 0, got {d.pixel_noise}")
     _require(
         1 <= d.n_test_per_class <= 173,
@@ -165,6 +186,13 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
     _positive("train.epochs", t.epochs, integer=True)
     _positive("train.batch_size", t.batch_size, integer=True)
     n_train = n_train_rows(cfg)
+    if d.source == "digits":
+        left = n_train + d.n_val
+        _require(
+            n_train >= 1,
+            f"data.n_val must be < the {left} digits rows left after the test split"
+            f" (data.n_test_per_class={d.n_test_per_class}), got {d.n_val}",
+        )
     _require(
         t.batch_size <= n_train,
         f"train.batch_size must be <= the training rows ({n_train}), got {t.batch_size}",
@@ -185,7 +213,9 @@ def validate(cfg: Config, tasks: tuple[str, ...] | list[str]) -> Config:
         for v in values:
             if axis == "rho":
                 _require(0.0 <= v <= 1.0, f"grid.rho values must be in [0, 1], got {v}")
-            elif axis != "view2_offset":
+            elif axis == "view2_offset":
+                _finite(f"grid.{axis}", v)
+            else:
                 _positive(f"grid.{axis}", v)
     return cfg
 

@@ -31,8 +31,19 @@ def _error(capsys, monkeypatch, *args):
             "model.activation='swish' is not one of: elu, gelu, leaky_relu, relu, sigmoid,"
             " silu, softplus, tanh",
         ),
-        (["data.view2_std=0"], "data.view2_std must be a positive number, got 0.0"),
-        (["data.view1_std=-1"], "data.view1_std must be a positive number, got -1.0"),
+        (["data.view2_std=0"], "data.view2_std must be a positive finite number, got 0.0"),
+        (["data.view1_std=-1"], "data.view1_std must be a positive finite number, got -1.0"),
+        (["optim.lr=inf"], "optim.lr must be a positive finite number, got inf"),
+        (["data.view2_mean=nan"], "data.view2_mean must be a finite number, got nan"),
+        (["data.view2_offset=-inf"], "data.view2_offset must be a finite number, got -inf"),
+        (["grid.view2_offset=[0.5,inf]"], "grid.view2_offset must be a finite number, got inf"),
+        (["root_seed=-1"], "root_seed must be an integer in 0..4294967295, got -1"),
+        (["root_seed=4294967296"], "root_seed must be an integer in 0..4294967295, got 4294967296"),
+        (
+            ["data=digits", "data.n_val=5000"],
+            "data.n_val must be < the 1437 digits rows left after the test split"
+            " (data.n_test_per_class=36), got 5000",
+        ),
         (["seeds=0"], "seeds must be a positive integer, got 0"),
         (
             ["train.batch_size=3000"],

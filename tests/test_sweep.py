@@ -69,7 +69,10 @@ def test_noise_and_learning_rate_changes_reuse_one_compiled_program(tiny_cfg):
             " type 'str' could not be converted to Float",
         ),
         (["grid.view1_std=[]"], "grid.view1_std must be a non-empty list of numbers, got []"),
-        (["grid.view1_std=[1.0,-2.0]"], "grid.view1_std must be a positive number, got -2.0"),
+        (
+            ["grid.view1_std=[1.0,-2.0]"],
+            "grid.view1_std must be a positive finite number, got -2.0",
+        ),
         (
             ["grid.lr=[0.1,fast]"],
             "Error merging override grid.lr=[0.1,fast]: Value 'fast' of"
