@@ -7,6 +7,7 @@ composed and validated first; a bad one stops the command with one line on stder
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -77,6 +78,52 @@ def _user_overrides(args: list[str]) -> list[str]:
     ]
 
 
+# Hydra's flags that take the next argument as their value (everything else is key=value).
+_VALUED_FLAGS = frozenset(
+    {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg"}
+    | {"-p", "--package", "--info", "--experimental-rerun"}
+)
+
+
+def _check_syntax(args: list[str], multirun: bool) -> None:
+    """What Hydra would reject, or quietly accept, with a multi-line message: a bare word, a
+    sweep without --multirun, a deleted key."""
+    for prev, arg in zip([None, *args], args, strict=False):
+        bare = "=" not in arg and not arg.startswith(("-", "~"))
+        if bare and prev not in _VALUED_FLAGS:
+            raise ConfigError(f"{arg!r} is not an override: write key=value (e.g. seeds=64)")
+    try:
+        deletes = [a for a in args if a.startswith("~") and "=" not in a]
+        parsed = OverridesParser.create().parse_overrides(_user_overrides(args) + deletes)
+    except Exception as exc:
+        raise ConfigError(_one_line(exc)) from None
+    for o in parsed:
+        if o.is_delete():
+            raise ConfigError(f"{o.input_line}: keys cannot be removed; set {o.key_or_group}=...")
+        if o.is_sweep_override() and not multirun:
+            raise ConfigError(
+                f"{o.input_line} is a sweep: add -m (--multirun), or give a list as [a,b]"
+            )
+
+
+def _extra_keys(raw: DictConfig, schema: object, prefix: str = "") -> list[str]:
+    """Keys of a composed config (added with +key=...) that its schema does not have."""
+    names = {f.name for f in dataclasses.fields(schema)}
+    extra = []
+    for key in raw:
+        if key not in names:
+            extra.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(sub := getattr(schema, str(key))):
+            extra += _extra_keys(raw[key], sub, f"{prefix}{key}.")
+    return extra
+
+
+def _at(cfg: Config, path: str) -> Any:
+    for part in filter(None, path.split(".")):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def check_overrides(args: list[str]) -> int:
     """Compose and validate every job the arguments describe; returns the job count."""
     from hydra import compose, initialize_config_dir
@@ -85,6 +132,7 @@ def check_overrides(args: list[str]) -> int:
 
     overrides = _user_overrides(args)
     multirun = bool({"-m", "--multirun"} & set(args))
+    _check_syntax(args, multirun)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         sweep_params = None
         if multirun:
@@ -100,9 +148,17 @@ def check_overrides(args: list[str]) -> int:
         cpu_devices = set()
         for job in jobs:
             try:
-                cfg = to_config(compose(config_name="config", overrides=job))
+                raw = compose(config_name="config", overrides=job)
+                cfg = to_config(raw)
             except Exception as exc:
                 raise ConfigError(_one_line(exc)) from None
+            if extra := _extra_keys(raw, cfg):
+                parent = extra[0].rpartition(".")[0]
+                allowed = dataclasses.fields(_at(cfg, parent))
+                raise ConfigError(
+                    f"{extra[0]} is not a config key; {parent or 'the config'} has:"
+                    f" {', '.join(f.name for f in allowed)}"
+                )
             validate_config(cfg)
             cpu_devices.add(cfg.cpu_devices)
     if len(cpu_devices) > 1:

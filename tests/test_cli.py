@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -38,6 +39,18 @@ def _error(capsys, monkeypatch, *args):
         (["data.view2_offset=-inf"], "data.view2_offset must be a finite number, got -inf"),
         (["grid.view2_offset=[0.5,inf]"], "grid.view2_offset must be a finite number, got inf"),
         (["root_seed=-1"], "root_seed must be an integer in 0..4294967295, got -1"),
+        (
+            ["+model.width=3"],
+            "model.width is not a config key; model has: hidden, activation, init",
+        ),
+        (
+            ["-m", "seeds=2", "+foo=1,2"],
+            "foo is not a config key; the config has: "
+            + ", ".join(f.name for f in dataclasses.fields(Config)),
+        ),
+        (["~seeds"], "~seeds: keys cannot be removed; set seeds=..."),
+        (["seeds=2,4"], "seeds=2,4 is a sweep: add -m (--multirun), or give a list as [a,b]"),
+        (["seeds"], "'seeds' is not an override: write key=value (e.g. seeds=64)"),
         (["root_seed=4294967296"], "root_seed must be an integer in 0..4294967295, got 4294967296"),
         (
             ["data=digits", "data.n_val=5000"],
