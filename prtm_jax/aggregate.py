@@ -71,9 +71,19 @@ def _parse(overrides: list[str]) -> dict[str, Any]:
 
 def expected_jobs(sweep_dir: Path) -> list[list[str]]:
     """The job override lists of the multirun in SWEEP_DIR, in job-number order."""
-    conf = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
-    task_overrides = conf["hydra"]["overrides"]["task"]
-    return expand_jobs(list(task_overrides), conf["hydra"]["sweeper"].get("params"))
+    path = sweep_dir / "multirun.yaml"
+    try:
+        conf = yaml.safe_load(path.read_text())
+        task_overrides = conf["hydra"]["overrides"]["task"]
+        params = conf["hydra"]["sweeper"].get("params")
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise results.InputError(f"{path} is not valid YAML ({first})") from None
+    except (KeyError, TypeError, AttributeError):
+        raise results.InputError(
+            f"{path} is not a Hydra multirun.yaml (no hydra.overrides.task or hydra.sweeper)"
+        ) from None
+    return expand_jobs(list(task_overrides), params)
 
 
 def job_dirs(sweep_dir: Path) -> dict[tuple[str, ...], Path]:
@@ -104,7 +114,7 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
         status = _job_status(job_dir)
         meta = {"job": num, **_parse(list(overrides)), "job_status": status}
         if status == "complete":
-            df = pd.read_csv(job_dir / results.SEEDS_FILE)
+            df = results.read_table(job_dir / results.SEEDS_FILE)
             df.insert(0, "task", results.read_summary(job_dir)["task"])
         else:
             df = pd.DataFrame({"seed": [np.nan], "model": [None], "status": [status]})
@@ -183,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         long, points = write(args.sweep_dir)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, results.InputError) as exc:
         print(f"prtm-aggregate: error: {exc}", file=sys.stderr)
         sys.exit(2)
     jobs = long.drop_duplicates("job")

@@ -813,14 +813,14 @@ def _views_table(views: pd.DataFrame) -> str:
 def read_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
     """(long table, reliability or None, header notes) of a run dir."""
     run_dir = Path(run_dir)
-    long = pd.read_csv(run_dir / results.SEEDS_FILE)
+    long = results.read_table(run_dir / results.SEEDS_FILE)
     notes = []
     if (run_dir / results.SUMMARY_FILE).is_file():
         long.insert(0, "task", results.read_summary(run_dir).get("task"))
     else:
         notes.append(f"{results.SUMMARY_FILE} is absent: the run may not have finished.")
     rel = run_dir / RELIABILITY_FILE
-    return long, pd.read_csv(rel) if rel.is_file() else None, notes
+    return long, results.read_table(rel) if rel.is_file() else None, notes
 
 
 def read_sweep(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
@@ -831,7 +831,7 @@ def read_sweep(sweep_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, list
     frames = []
     for overrides, job_dir in aggregate.job_dirs(sweep_dir).items():
         if results.is_complete(job_dir) and (job_dir / RELIABILITY_FILE).is_file():
-            rel = pd.read_csv(job_dir / RELIABILITY_FILE)
+            rel = results.read_table(job_dir / RELIABILITY_FILE)
             frames.append(rel.assign(**aggregate._parse(list(overrides))))
     return long, pd.concat(frames, ignore_index=True) if frames else None, []
 
@@ -841,18 +841,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dir", type=Path, help="a run dir (seeds.csv) or a sweep dir")
     args = parser.parse_args(argv)
     d = args.dir
-    if (d / MULTIRUN_FILE).is_file():
-        kind, (long, reliability, notes) = "sweep", read_sweep(d)
-    elif (d / results.SEEDS_FILE).is_file():
-        kind, (long, reliability, notes) = "run", read_run(d)
-    else:
-        print(
-            f"prtm-report: error: {d} has neither {results.SEEDS_FILE} (a run) nor "
-            f"{MULTIRUN_FILE} (a sweep)",
-            file=sys.stderr,
-        )
+    try:
+        if not d.is_dir():
+            raise results.InputError(f"{d} is not a directory")
+        if (d / MULTIRUN_FILE).is_file():
+            kind, (long, reliability, notes) = "sweep", read_sweep(d)
+        elif (d / results.SEEDS_FILE).is_file():
+            kind, (long, reliability, notes) = "run", read_run(d)
+        else:
+            raise results.InputError(
+                f"{d} has neither {results.SEEDS_FILE} (a run) nor {MULTIRUN_FILE} (a sweep)"
+            )
+        views = d / results.DEPENDENCE_FILE
+        views = results.read_table(views) if views.is_file() else None
+    except (FileNotFoundError, results.InputError) as exc:
+        print(f"prtm-report: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    views = d / results.DEPENDENCE_FILE
-    views = pd.read_csv(views) if views.is_file() else None
     path = build_report(long, d, f"Report: {kind} `{d}`", reliability, notes, views)
     print(path)

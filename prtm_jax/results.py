@@ -155,6 +155,21 @@ def write_run(
     )
 
 
+class InputError(ValueError):
+    """A result file that cannot be read as one; the message names it, in one line."""
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A result CSV (seeds.csv, reliability.csv, dependence.csv), or InputError."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{path} is not a readable CSV table ({first})") from None
+
+
 def clear_run(out_dir: Path) -> None:
     """Remove a previous run's result files from out_dir (before a run writes its own)."""
     for name in RUN_FILES:

@@ -216,6 +216,33 @@ def test_dir_without_results_is_one_line_exit_2(tmp_path, capsys):
     )
 
 
+_BAD_YAML = ({"multirun.yaml": "a: ["}, "{d}/multirun.yaml is not valid YAML (while parsing a flow")
+_NOT_HYDRA = ({"multirun.yaml": "a: 1\n"}, "{d}/multirun.yaml is not a Hydra multirun.yaml (no")
+
+
+@pytest.mark.parametrize(
+    "command,files,message",
+    [
+        ("report", {}, "{d}/nope is not a directory"),
+        ("aggregate", {}, "{d}/nope is not a directory"),
+        ("report", *_BAD_YAML),
+        ("aggregate", *_BAD_YAML),
+        ("report", *_NOT_HYDRA),
+        ("aggregate", *_NOT_HYDRA),
+        ("report", {"seeds.csv": ""}, "{d}/seeds.csv is not a readable CSV table (No columns"),
+    ],
+)
+def test_unreadable_inputs_are_one_line_exit_2(tmp_path, capsys, command, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    main = report.main if command == "report" else aggregate.main
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path if files else tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"prtm-{command}: error: " + message.format(d=tmp_path)), err
+
+
 def test_point_columns_are_axes_not_metrics():
     long = _seeds(np.random.default_rng(6), n=6, pair=True).assign(lr=0.01)
     long = pd.concat([long, long.assign(lr=0.1)], ignore_index=True)
