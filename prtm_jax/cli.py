@@ -92,11 +92,13 @@ def _check_syntax(args: list[str], multirun: bool) -> None:
         bare = "=" not in arg and not arg.startswith(("-", "~"))
         if bare and prev not in _VALUED_FLAGS:
             raise ConfigError(f"{arg!r} is not an override: write key=value (e.g. seeds=64)")
-    try:
-        deletes = [a for a in args if a.startswith("~") and "=" not in a]
-        parsed = OverridesParser.create().parse_overrides(_user_overrides(args) + deletes)
-    except Exception as exc:
-        raise ConfigError(_one_line(exc)) from None
+    deletes = [a for a in args if a.startswith("~") and "=" not in a]
+    parser, parsed = OverridesParser.create(), []
+    for line in _user_overrides(args) + deletes:
+        try:
+            parsed += parser.parse_overrides([line])
+        except Exception as exc:
+            raise ConfigError(f"{line}: {_one_line(exc)}") from None
     for o in parsed:
         if o.is_delete():
             raise ConfigError(f"{o.input_line}: keys cannot be removed; set {o.key_or_group}=...")

@@ -51,6 +51,7 @@ def _error(capsys, monkeypatch, *args):
         (["~seeds"], "~seeds: keys cannot be removed; set seeds=..."),
         (["seeds=2,4"], "seeds=2,4 is a sweep: add -m (--multirun), or give a list as [a,b]"),
         (["seeds"], "'seeds' is not an override: write key=value (e.g. seeds=64)"),
+        (["-m", "seeds=range(1,"], "seeds=range(1,: no viable alternative at input 'range(1,'"),
         (["root_seed=4294967296"], "root_seed must be an integer in 0..4294967295, got 4294967296"),
         (
             ["data=digits", "data.n_val=5000"],
