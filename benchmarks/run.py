@@ -316,7 +316,9 @@ def _spawn(python: str, a: dict, env: dict[str, str]) -> dict:
     Also what else ran meanwhile: `others_cores`, the CPU time every other process on the
     machine used during the run, per second of it (0 on an idle machine; the worker's own
     share of the cores is `cpu_s` / wall), and `steal_s`, the time the hypervisor gave this
-    machine's CPUs to others. A run with others_cores near 0 was timed on a quiet machine."""
+    machine's CPUs to others. A run with others_cores near 0 was timed on a quiet machine.
+    /proc/stat covers the whole machine (the host's CPUs in a container), so "others" includes
+    this driver (which only waits) and the kernel's interrupt handling."""
     stat0, own0 = cpu_seconds(), _children_cpu()
     t = time.perf_counter()
     proc = subprocess.run(

@@ -22,6 +22,7 @@ import yaml
 
 from prtm_jax import results
 from prtm_jax.cli import ERROR_FILE, expand_jobs
+from prtm_jax.config import ConfigError
 
 # Per-seed measurements in seeds.csv (never sweep axes).
 METRICS = frozenset(
@@ -71,19 +72,22 @@ def _parse(overrides: list[str]) -> dict[str, Any]:
 
 def expected_jobs(sweep_dir: Path) -> list[list[str]]:
     """The job override lists of the multirun in SWEEP_DIR, in job-number order."""
-    path = sweep_dir / "multirun.yaml"
+    path = sweep_dir / results.MULTIRUN_FILE
     try:
         conf = yaml.safe_load(path.read_text())
-        task_overrides = conf["hydra"]["overrides"]["task"]
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise results.InputError(f"{path} is not valid YAML ({results.first_line(exc)})") from None
+    try:
+        task_overrides = list(conf["hydra"]["overrides"]["task"])
         params = conf["hydra"]["sweeper"].get("params")
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise results.InputError(f"{path} is not valid YAML ({first})") from None
     except (KeyError, TypeError, AttributeError):
         raise results.InputError(
             f"{path} is not a Hydra multirun.yaml (no hydra.overrides.task or hydra.sweeper)"
         ) from None
-    return expand_jobs(list(task_overrides), params)
+    try:
+        return expand_jobs(task_overrides, params)
+    except ConfigError as exc:
+        raise results.InputError(f"{path}: {exc}") from None
 
 
 def job_dirs(sweep_dir: Path) -> dict[tuple[str, ...], Path]:
@@ -106,7 +110,7 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     """The long table of SWEEP_DIR (see the module docstring)."""
     sweep_dir = Path(sweep_dir)
     dirs = job_dirs(sweep_dir)
-    expected = expected_jobs(sweep_dir) if (sweep_dir / "multirun.yaml").is_file() else []
+    expected = expected_jobs(sweep_dir) if (sweep_dir / results.MULTIRUN_FILE).is_file() else []
     order = [tuple(j) for j in expected] + [k for k in dirs if list(k) not in expected]
     frames = []
     for num, overrides in enumerate(order):
@@ -114,7 +118,7 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
         status = _job_status(job_dir)
         meta = {"job": num, **_parse(list(overrides)), "job_status": status}
         if status == "complete":
-            df = results.read_table(job_dir / results.SEEDS_FILE)
+            df = results.read_table(job_dir / results.SEEDS_FILE, results.SEEDS_COLUMNS)
             df.insert(0, "task", results.read_summary(job_dir)["task"])
         else:
             df = pd.DataFrame({"seed": [np.nan], "model": [None], "status": [status]})

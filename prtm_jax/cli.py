@@ -45,10 +45,11 @@ def _one_line(exc: BaseException) -> str:
         group = (exc.missing_cfg_file or "").rsplit("/", 1)
         name = group[0] if len(group) == 2 else "config"
         return f"{name}={group[-1]!r} is not one of: {', '.join(sorted(exc.options))}"
+    from prtm_jax.results import first_line
+
     parts = []
     while exc is not None:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        first = first.rstrip(".")
+        first = first_line(exc)
         if first not in parts:
             parts.append(first)
         exc = exc.__cause__
@@ -81,8 +82,14 @@ def _user_overrides(args: list[str]) -> list[str]:
 # Hydra's flags that take the next argument as their value (everything else is key=value).
 _VALUED_FLAGS = frozenset(
     {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg"}
-    | {"-p", "--package", "--info", "--experimental-rerun"}
+    | {"-p", "--package", "-i", "--info", "--experimental-rerun"}
 )
+
+
+def is_multirun(args: list[str]) -> bool:
+    """-m, --multirun, or Hydra's equivalent override hydra.mode=MULTIRUN."""
+    modes = {a.lstrip("+") for a in args if a.lstrip("+").startswith("hydra.mode=")}
+    return bool({"-m", "--multirun"} & set(args)) or "hydra.mode=MULTIRUN" in modes
 
 
 def _check_syntax(args: list[str], multirun: bool) -> None:
@@ -92,16 +99,22 @@ def _check_syntax(args: list[str], multirun: bool) -> None:
         bare = "=" not in arg and not arg.startswith(("-", "~"))
         if bare and prev not in _VALUED_FLAGS:
             raise ConfigError(f"{arg!r} is not an override: write key=value (e.g. seeds=64)")
-    deletes = [a for a in args if a.startswith("~") and "=" not in a]
+    # Every override, Hydra's own included, for its syntax; the rules below are for ours.
+    lines = [a for a in args if not a.startswith("-") and ("=" in a or a.startswith("~"))]
     parser, parsed = OverridesParser.create(), []
-    for line in _user_overrides(args) + deletes:
+    for line in lines:
         try:
             parsed += parser.parse_overrides([line])
         except Exception as exc:
-            raise ConfigError(f"{line}: {_one_line(exc)}") from None
+            # Hydra's message: "Error parsing override ...", the parser's reason, a URL.
+            text = [t for t in str(exc).splitlines() if t.strip()] or [_one_line(exc)]
+            reason = next((t for t in text[1:] if not t.startswith("See ")), text[0])
+            raise ConfigError(f"{line}: {reason.strip()}") from None
     for o in parsed:
         if o.is_delete():
             raise ConfigError(f"{o.input_line}: keys cannot be removed; set {o.key_or_group}=...")
+        if o.key_or_group.startswith("hydra"):
+            continue
         if o.is_sweep_override() and not multirun:
             raise ConfigError(
                 f"{o.input_line} is a sweep: add -m (--multirun), or give a list as [a,b]"
@@ -133,7 +146,7 @@ def check_overrides(args: list[str]) -> int:
     from prtm_jax.experiment import validate_config
 
     overrides = _user_overrides(args)
-    multirun = bool({"-m", "--multirun"} & set(args))
+    multirun = is_multirun(args)
     _check_syntax(args, multirun)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         sweep_params = None
@@ -314,7 +327,7 @@ def main() -> None:
     except ConfigError as exc:
         print(f"prtm: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    if {"-m", "--multirun"} & set(args):
+    if is_multirun(args):
         from prtm_jax.experiment import tqdm
 
         _JOBS["bar"] = tqdm(total=n_jobs, desc="jobs", unit="job", position=1)

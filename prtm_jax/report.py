@@ -28,7 +28,7 @@ from prtm_jax.aggregate import point_columns
 
 REPORT_FILE = "report.md"
 RELIABILITY_FILE = results.RELIABILITY_FILE
-MULTIRUN_FILE = "multirun.yaml"
+MULTIRUN_FILE = results.MULTIRUN_FILE
 
 PAIR = "weight|bias"  # the per-seed row of pair metrics (its accuracy is NaN)
 SINGLES = ("weight", "bias")
@@ -813,7 +813,7 @@ def _views_table(views: pd.DataFrame) -> str:
 def read_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
     """(long table, reliability or None, header notes) of a run dir."""
     run_dir = Path(run_dir)
-    long = results.read_table(run_dir / results.SEEDS_FILE)
+    long = results.read_table(run_dir / results.SEEDS_FILE, results.SEEDS_COLUMNS)
     notes = []
     if (run_dir / results.SUMMARY_FILE).is_file():
         long.insert(0, "task", results.read_summary(run_dir).get("task"))

@@ -155,23 +155,37 @@ def write_run(
     )
 
 
+MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep, in its sweep dir
+SEEDS_COLUMNS = ("seed", "model", "status")  # what every reader of seeds.csv needs
+
+
 class InputError(ValueError):
     """A result file that cannot be read as one; the message names it, in one line."""
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A result CSV (seeds.csv, reliability.csv, dependence.csv), or InputError."""
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
+def read_table(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A result CSV (seeds.csv, reliability.csv, dependence.csv) with at least `columns`, or
+    InputError."""
     import pandas as pd
 
     try:
-        return pd.read_csv(path)
+        df = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{path} is not a readable CSV table ({first})") from None
+        raise InputError(f"{path} is not a readable CSV table ({first_line(exc)})") from None
+    if missing := [c for c in columns if c not in df.columns]:
+        raise InputError(f"{path} has no column {missing[0]!r} (needs {', '.join(columns)})")
+    return df
 
 
 def clear_run(out_dir: Path) -> None:
-    """Remove a previous run's result files from out_dir (before a run writes its own)."""
+    """Remove a previous run's result files from out_dir (before a run writes its own); what
+    prtm-report wrote there (report.md, figures) it writes anew from these files."""
     for name in RUN_FILES:
         (Path(out_dir) / name).unlink(missing_ok=True)
 
@@ -182,4 +196,8 @@ def is_complete(out_dir: Path) -> bool:
 
 
 def read_summary(out_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / SUMMARY_FILE).read_text())
+    path = Path(out_dir) / SUMMARY_FILE
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({first_line(exc)})") from None

@@ -259,3 +259,21 @@ def test_cpu_seconds_busy_counts_this_process_spinning():
         pass
     spun = time.process_time() - p0
     assert cpu_seconds()[0] - busy0 >= spun - 0.05  # ticks of 10 ms, on each CPU
+
+
+def test_spawn_counts_what_others_used_as_machine_busy_time_less_the_workers_own(monkeypatch):
+    # 3 s of wall time in which the machine's CPUs were busy for 7.5 s and the worker used
+    # 6 s: others used 1.5 s, half a core; the hypervisor took 0.25 s.
+    from benchmarks import run
+
+    stat = iter([(100.0, 2.0), (107.5, 2.25)])
+    own = iter([10.0, 16.0])
+    clock = iter([50.0, 53.0])
+    done = subprocess.CompletedProcess([], 0, stdout='RESULT {"run_s": 1.0}\n', stderr="")
+    monkeypatch.setattr(run, "cpu_seconds", lambda: next(stat))
+    monkeypatch.setattr(run, "_children_cpu", lambda: next(own))
+    monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(run.subprocess, "run", lambda *a, **k: done)
+    res = run._spawn(sys.executable, {"kind": "data"}, {})
+    assert res["process_wall_s"] == 3.0 and res["cpu_s"] == 6.0 and res["run_s"] == 1.0
+    assert res["others_cores"] == pytest.approx(0.5) and res["steal_s"] == pytest.approx(0.25)

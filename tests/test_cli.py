@@ -52,6 +52,8 @@ def _error(capsys, monkeypatch, *args):
         (["seeds=2,4"], "seeds=2,4 is a sweep: add -m (--multirun), or give a list as [a,b]"),
         (["seeds"], "'seeds' is not an override: write key=value (e.g. seeds=64)"),
         (["-m", "seeds=range(1,"], "seeds=range(1,: no viable alternative at input 'range(1,'"),
+        (["hydra.run.dir=x("], "hydra.run.dir=x(: no viable alternative at input 'x('"),
+        (["~hydra.job.chdir"], "~hydra.job.chdir: keys cannot be removed; set hydra.job.chdir=..."),
         (["root_seed=4294967296"], "root_seed must be an integer in 0..4294967295, got 4294967296"),
         (
             ["data=digits", "data.n_val=5000"],
@@ -182,3 +184,20 @@ def test_a_rerun_removes_the_previous_results_first_so_a_failure_leaves_none(tmp
         cli.main()
     assert not any((out / name).exists() for name in results.RUN_FILES)
     assert (out / cli.ERROR_FILE).read_text() == "RuntimeError: the run failed\n"
+
+
+@pytest.mark.parametrize(
+    "args,jobs",
+    [
+        (["-i", "defaults"], 1),
+        (["--cfg", "job", "-p", "data"], 1),
+        (["-cn", "config", "seeds=2"], 1),
+        (["hydra/launcher=basic", "model.hidden=[64,32]"], 1),
+        (["hydra.mode=MULTIRUN", "seeds=2,4"], 2),
+        (["-m", "seeds=2,4", "train.epochs=1,2"], 4),
+    ],
+)
+def test_hydra_flags_and_values_pass_the_override_check(args, jobs):
+    # The check must refuse only what Hydra would: a flag's value is not a bare word, and
+    # hydra.mode=MULTIRUN makes a sweep as -m does.
+    assert cli.check_overrides(args) == jobs

@@ -230,6 +230,17 @@ _NOT_HYDRA = ({"multirun.yaml": "a: 1\n"}, "{d}/multirun.yaml is not a Hydra mul
         ("report", *_NOT_HYDRA),
         ("aggregate", *_NOT_HYDRA),
         ("report", {"seeds.csv": ""}, "{d}/seeds.csv is not a readable CSV table (No columns"),
+        ("report", {"seeds.csv": "old\n"}, "{d}/seeds.csv has no column 'seed' (needs seed,"),
+        (
+            "aggregate",
+            {"multirun.yaml": "hydra:\n  overrides:\n    task: null\n  sweeper: {}\n"},
+            "{d}/multirun.yaml is not a Hydra multirun.yaml (no",
+        ),
+        (
+            "aggregate",
+            {"multirun.yaml": "hydra:\n  overrides:\n    task: ['seeds=range(1,']\n  sweeper: {}"},
+            "{d}/multirun.yaml: no viable alternative at input 'range(1,'",
+        ),
     ],
 )
 def test_unreadable_inputs_are_one_line_exit_2(tmp_path, capsys, command, files, message):
