@@ -86,6 +86,17 @@ _VALUED_FLAGS = frozenset(
 )
 
 
+def config_name(args: list[str]) -> str:
+    """The primary config the arguments choose (-cn / --config-name), else "config"."""
+    name = "config"
+    for prev, arg in zip([None, *args], args, strict=False):
+        if prev in ("-cn", "--config-name"):
+            name = arg
+        elif arg.startswith("--config-name="):
+            name = arg.partition("=")[2]
+    return name
+
+
 def is_multirun(args: list[str]) -> bool:
     """-m, --multirun, or Hydra's equivalent override hydra.mode=MULTIRUN."""
     modes = {a.lstrip("+") for a in args if a.lstrip("+").startswith("hydra.mode=")}
@@ -146,7 +157,11 @@ def check_overrides(args: list[str]) -> int:
     from prtm_jax.experiment import validate_config
 
     overrides = _user_overrides(args)
-    multirun = is_multirun(args)
+    multirun, name = is_multirun(args), config_name(args)
+    primary = sorted(p.stem for p in Path(CONF_DIR).glob("*.yaml"))
+    other_dir = any(a in ("-cd", "--config-dir") or a.startswith("--config-dir=") for a in args)
+    if name.removesuffix(".yaml") not in primary and not other_dir:
+        raise ConfigError(f"--config-name={name!r} is not one of: {', '.join(primary)}")
     _check_syntax(args, multirun)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         sweep_params = None
@@ -154,7 +169,7 @@ def check_overrides(args: list[str]) -> int:
             try:
                 parsed = OverridesParser.create().parse_overrides(overrides)
                 fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-                base = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+                base = compose(config_name=name, overrides=fixed, return_hydra_config=True)
             except Exception as exc:
                 raise ConfigError(_one_line(exc)) from None
             params = base.hydra.sweeper.params
@@ -163,7 +178,7 @@ def check_overrides(args: list[str]) -> int:
         cpu_devices = set()
         for job in jobs:
             try:
-                raw = compose(config_name="config", overrides=job)
+                raw = compose(config_name=name, overrides=job)
                 cfg = to_config(raw)
             except Exception as exc:
                 raise ConfigError(_one_line(exc)) from None

@@ -49,6 +49,8 @@ def _error(capsys, monkeypatch, *args):
             + ", ".join(f.name for f in dataclasses.fields(Config)),
         ),
         (["~seeds"], "~seeds: keys cannot be removed; set seeds=..."),
+        (["-cn", "nope"], "--config-name='nope' is not one of: config"),
+        (["--config-name=nope", "seeds=2"], "--config-name='nope' is not one of: config"),
         (["seeds=2,4"], "seeds=2,4 is a sweep: add -m (--multirun), or give a list as [a,b]"),
         (["seeds"], "'seeds' is not an override: write key=value (e.g. seeds=64)"),
         (["-m", "seeds=range(1,"], "seeds=range(1,: no viable alternative at input 'range(1,'"),
