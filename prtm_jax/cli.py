@@ -159,8 +159,9 @@ def check_overrides(args: list[str]) -> int:
     overrides = _user_overrides(args)
     multirun, name = is_multirun(args), config_name(args)
     primary = sorted(p.stem for p in Path(CONF_DIR).glob("*.yaml"))
-    other_dir = any(a in ("-cd", "--config-dir") or a.startswith("--config-dir=") for a in args)
-    if name.removesuffix(".yaml") not in primary and not other_dir:
+    if any(a in ("-cd", "--config-dir") or a.startswith("--config-dir=") for a in args):
+        name = "config"  # another config dir: only its overrides of ours are checked here
+    elif name.removesuffix(".yaml") not in primary:
         raise ConfigError(f"--config-name={name!r} is not one of: {', '.join(primary)}")
     _check_syntax(args, multirun)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
