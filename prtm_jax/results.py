@@ -7,6 +7,7 @@ and `summary.json` is written last, so its presence marks a complete run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -150,9 +151,20 @@ def write_run(
     if reliability is not None and len(reliability):
         write_atomic(out_dir / RELIABILITY_FILE, lambda p: reliability.to_csv(p, index=False))
     write_atomic(out_dir / SEEDS_FILE, lambda p: df.to_csv(p, index=False))
-    write_atomic(
-        out_dir / SUMMARY_FILE, lambda p: p.write_text(json.dumps(summary, indent=2, default=str))
-    )
+    text = json.dumps(_strict_json(summary), indent=2, default=str, allow_nan=False)
+    write_atomic(out_dir / SUMMARY_FILE, lambda p: p.write_text(text))
+
+
+def _strict_json(v: Any) -> Any:
+    """v with every NaN or infinite float as None (JSON's null), for parsers other than
+    Python's: a statistic over no ok seeds is undefined."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _strict_json(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_strict_json(x) for x in v]
+    return v
 
 
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep, in its sweep dir

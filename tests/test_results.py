@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -48,6 +49,20 @@ def test_a_model_whose_every_seed_diverged_is_counted_and_the_pair_has_no_seeds(
     p = s["paired"]["fused-bias"]
     assert p["n"] == 0 and np.isnan(p["mean"]) and np.isnan(p["ci95"]).all()
     assert list(s["paired"]) == ["fused-bias"]
+
+
+def test_summary_json_is_strict_json_with_null_for_statistics_over_no_seeds(tmp_path):
+    df = results.seeds_table(_metrics(np.zeros(4, bool)), np.arange(4))
+    s = results.summarize(df, ["weight", "bias"], ["fused"])
+    results.write_run(tmp_path, df, {**s, "seeds": 4})
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    back = json.loads((tmp_path / results.SUMMARY_FILE).read_text(), parse_constant=refuse)
+    assert back["models"]["weight"]["mean"] is None and back["models"]["weight"]["n"] == 0
+    assert back["paired"]["fused-bias"]["ci95"] == [None, None]
+    assert back["models"]["bias"]["mean"] == pytest.approx(s["models"]["bias"]["mean"])
 
 
 def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path):
