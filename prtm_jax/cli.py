@@ -7,6 +7,7 @@ composed and validated first; a bad one stops the command with one line on stder
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import logging
@@ -71,47 +72,41 @@ def expand_jobs(
         raise ConfigError(_one_line(exc)) from None
 
 
+def _command_line(args: list[str]) -> argparse.Namespace:
+    """The arguments as Hydra's own parser reads them: its flags (with their values, in any
+    form argparse accepts) and `overrides`, every other argument."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_known_args(args)[0]
+
+
 def _user_overrides(args: list[str]) -> list[str]:
-    return [
-        a
-        for a in args
-        if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")
-    ]
+    """The overrides of our config (key=value, not hydra.*)."""
+    overrides = _command_line(args).overrides
+    return [o for o in overrides if "=" in o and not o.lstrip("+~").startswith("hydra")]
 
 
-# Hydra's flags that take the next argument as their value (everything else is key=value).
-_VALUED_FLAGS = frozenset(
-    {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg"}
-    | {"-p", "--package", "-i", "--info", "--experimental-rerun"}
-)
-
-
-def config_name(args: list[str]) -> str:
-    """The primary config the arguments choose (-cn / --config-name), else "config"."""
-    name = "config"
-    for prev, arg in zip([None, *args], args, strict=False):
-        if prev in ("-cn", "--config-name"):
-            name = arg
-        elif arg.startswith("--config-name="):
-            name = arg.partition("=")[2]
-    return name
+def config_name(args: list[str]) -> str | None:
+    """The primary config the arguments choose ("config" unless -cn says otherwise), or None
+    when they also name another config dir or path (whose configs this check cannot see)."""
+    ns = _command_line(args)
+    return None if ns.config_dir or ns.config_path else ns.config_name or "config"
 
 
 def is_multirun(args: list[str]) -> bool:
     """-m, --multirun, or Hydra's equivalent override hydra.mode=MULTIRUN."""
-    modes = {a.lstrip("+") for a in args if a.lstrip("+").startswith("hydra.mode=")}
-    return bool({"-m", "--multirun"} & set(args)) or "hydra.mode=MULTIRUN" in modes
+    ns = _command_line(args)
+    return ns.multirun or "hydra.mode=MULTIRUN" in {o.lstrip("+") for o in ns.overrides}
 
 
 def _check_syntax(args: list[str], multirun: bool) -> None:
     """What Hydra would reject, or quietly accept, with a multi-line message: a bare word, a
     sweep without --multirun, a deleted key."""
-    for prev, arg in zip([None, *args], args, strict=False):
-        bare = "=" not in arg and not arg.startswith(("-", "~"))
-        if bare and prev not in _VALUED_FLAGS:
+    lines = _command_line(args).overrides
+    for arg in lines:
+        if "=" not in arg and not arg.startswith("~"):
             raise ConfigError(f"{arg!r} is not an override: write key=value (e.g. seeds=64)")
     # Every override, Hydra's own included, for its syntax; the rules below are for ours.
-    lines = [a for a in args if not a.startswith("-") and ("=" in a or a.startswith("~"))]
     parser, parsed = OverridesParser.create(), []
     for line in lines:
         try:
@@ -159,7 +154,7 @@ def check_overrides(args: list[str]) -> int:
     overrides = _user_overrides(args)
     multirun, name = is_multirun(args), config_name(args)
     primary = sorted(p.stem for p in Path(CONF_DIR).glob("*.yaml"))
-    if any(a in ("-cd", "--config-dir") or a.startswith("--config-dir=") for a in args):
+    if name is None:
         name = "config"  # another config dir: only its overrides of ours are checked here
     elif name.removesuffix(".yaml") not in primary:
         raise ConfigError(f"--config-name={name!r} is not one of: {', '.join(primary)}")

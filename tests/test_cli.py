@@ -51,6 +51,8 @@ def _error(capsys, monkeypatch, *args):
         (["~seeds"], "~seeds: keys cannot be removed; set seeds=..."),
         (["-cn", "nope"], "--config-name='nope' is not one of: config"),
         (["--config-name=nope", "seeds=2"], "--config-name='nope' is not one of: config"),
+        (["-cn=nope"], "--config-name='nope' is not one of: config"),
+        (["--config-nam", "nope"], "--config-name='nope' is not one of: config"),
         (["seeds=2,4"], "seeds=2,4 is a sweep: add -m (--multirun), or give a list as [a,b]"),
         (["seeds"], "'seeds' is not an override: write key=value (e.g. seeds=64)"),
         (["-m", "seeds=range(1,"], "seeds=range(1,: no viable alternative at input 'range(1,'"),
@@ -194,6 +196,8 @@ def test_a_rerun_removes_the_previous_results_first_so_a_failure_leaves_none(tmp
         (["-i", "defaults"], 1),
         (["--cfg", "job", "-p", "data"], 1),
         (["-cn", "config", "seeds=2"], 1),
+        (["-cn=config.yaml", "seeds=2"], 1),
+        (["-cd=/elsewhere", "-cn", "other", "seeds=2"], 1),  # checks our overrides only
         (["hydra/launcher=basic", "model.hidden=[64,32]"], 1),
         (["hydra.mode=MULTIRUN", "seeds=2,4"], 2),
         (["-m", "seeds=2,4", "train.epochs=1,2"], 4),
