@@ -21,6 +21,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
 from prtm_jax.config import Config, ConfigError
@@ -80,29 +81,21 @@ def _command_line(args: list[str]) -> argparse.Namespace:
     return get_args_parser().parse_known_args(args)[0]
 
 
-def _user_overrides(args: list[str]) -> list[str]:
-    """The overrides of our config (key=value, not hydra.*)."""
-    overrides = _command_line(args).overrides
-    return [o for o in overrides if "=" in o and not o.lstrip("+~").startswith("hydra")]
-
-
-def config_name(args: list[str]) -> str | None:
-    """The primary config the arguments choose ("config" unless -cn says otherwise), or None
-    when they also name another config dir or path (whose configs this check cannot see)."""
-    ns = _command_line(args)
+def _config_name(ns: argparse.Namespace) -> str | None:
+    """The primary config the command line chooses ("config" unless -cn says otherwise), or
+    None when it also names another config dir or path (whose configs this check cannot see)."""
     return None if ns.config_dir or ns.config_path else ns.config_name or "config"
 
 
-def is_multirun(args: list[str]) -> bool:
+def is_multirun(ns: argparse.Namespace) -> bool:
     """-m, --multirun, or Hydra's equivalent override hydra.mode=MULTIRUN."""
-    ns = _command_line(args)
     return ns.multirun or "hydra.mode=MULTIRUN" in {o.lstrip("+") for o in ns.overrides}
 
 
-def _check_syntax(args: list[str], multirun: bool) -> None:
-    """What Hydra would reject, or quietly accept, with a multi-line message: a bare word, a
-    sweep without --multirun, a deleted key."""
-    lines = _command_line(args).overrides
+def _check_syntax(lines: list[str], multirun: bool) -> list[Override]:
+    """The overrides of our config (not hydra.*), parsed; a ConfigError for what Hydra would
+    reject, or quietly accept, with a multi-line message: a bare word, a sweep without
+    --multirun, a deleted key, an override that does not parse."""
     for arg in lines:
         if "=" not in arg and not arg.startswith("~"):
             raise ConfigError(f"{arg!r} is not an override: write key=value (e.g. seeds=64)")
@@ -116,6 +109,7 @@ def _check_syntax(args: list[str], multirun: bool) -> None:
             text = [t for t in str(exc).splitlines() if t.strip()] or [_one_line(exc)]
             reason = next((t for t in text[1:] if not t.startswith("See ")), text[0])
             raise ConfigError(f"{line}: {reason.strip()}") from None
+    ours = []
     for o in parsed:
         if o.is_delete():
             raise ConfigError(f"{o.input_line}: keys cannot be removed; set {o.key_or_group}=...")
@@ -125,6 +119,8 @@ def _check_syntax(args: list[str], multirun: bool) -> None:
             raise ConfigError(
                 f"{o.input_line} is a sweep: add -m (--multirun), or give a list as [a,b]"
             )
+        ours.append(o)
+    return ours
 
 
 def _extra_keys(raw: DictConfig, schema: object, prefix: str = "") -> list[str]:
@@ -151,20 +147,20 @@ def check_overrides(args: list[str]) -> int:
 
     from prtm_jax.experiment import validate_config
 
-    overrides = _user_overrides(args)
-    multirun, name = is_multirun(args), config_name(args)
+    ns = _command_line(args)
+    multirun, name = is_multirun(ns), _config_name(ns)
     primary = sorted(p.stem for p in Path(CONF_DIR).glob("*.yaml"))
     if name is None:
         name = "config"  # another config dir: only its overrides of ours are checked here
     elif name.removesuffix(".yaml") not in primary:
         raise ConfigError(f"--config-name={name!r} is not one of: {', '.join(primary)}")
-    _check_syntax(args, multirun)
+    ours = _check_syntax(ns.overrides, multirun)
+    overrides = [o.input_line for o in ours]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         sweep_params = None
         if multirun:
+            fixed = [o.input_line for o in ours if not o.is_sweep_override()]
             try:
-                parsed = OverridesParser.create().parse_overrides(overrides)
-                fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
                 base = compose(config_name=name, overrides=fixed, return_hydra_config=True)
             except Exception as exc:
                 raise ConfigError(_one_line(exc)) from None
@@ -338,7 +334,7 @@ def main() -> None:
     except ConfigError as exc:
         print(f"prtm: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    if is_multirun(args):
+    if is_multirun(_command_line(args)):
         from prtm_jax.experiment import tqdm
 
         _JOBS["bar"] = tqdm(total=n_jobs, desc="jobs", unit="job", position=1)
