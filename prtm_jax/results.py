@@ -25,6 +25,8 @@ SEEDS_FILE = "seeds.csv"
 SUMMARY_FILE = "summary.json"
 RELIABILITY_FILE = "reliability.csv"
 DEPENDENCE_FILE = "dependence.csv"
+MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep, in its sweep dir
+SEEDS_COLUMNS = ("seed", "model", "status")  # what every reader of seeds.csv needs
 # What a run writes, its completion marker first: a rerun removes them in this order first,
 # so an interrupted or failed rerun never leaves the previous run's results looking current.
 RUN_FILES = (SUMMARY_FILE, SEEDS_FILE, RELIABILITY_FILE, DEPENDENCE_FILE)
@@ -165,10 +167,6 @@ def _strict_json(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return [_strict_json(x) for x in v]
     return v
-
-
-MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep, in its sweep dir
-SEEDS_COLUMNS = ("seed", "model", "status")  # what every reader of seeds.csv needs
 
 
 class InputError(ValueError):
